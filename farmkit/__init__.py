@@ -1,0 +1,24 @@
+"""farmkit: backtests with full market event logging, from a notebook.
+
+>>> import farmkit as fk
+>>> bars = fk.data.synthetic(["AAPL", "MSFT"], start="2024-01-02", days=20, freq="1min", seed=7)
+>>> res = fk.backtest(SmaCross, bars, cash=100_000, commission=0.0005, fast=5)
+>>> res.metrics; res.plot(); res.explain(bar=1234)
+"""
+
+__version__ = "0.1.0"
+
+from farmkit import data, fmel
+from farmkit.data.bars import Bars
+from farmkit.engine import backtest
+from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
+from farmkit.result import BacktestResult
+from farmkit.settings import Settings
+from farmkit.strategy import Strategy
+
+runs = fmel.runs
+
+__all__ = [
+    "BacktestResult", "Bars", "DataError", "FarmError", "ParameterError", "Settings", "Strategy",
+    "StrategyError", "backtest", "data", "fmel", "runs",
+]

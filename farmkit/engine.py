@@ -1,0 +1,233 @@
+"""One wiring of cerebro for every run: feeds, strategy, broker, FMEL recorder, store."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import inspect
+import json
+import marshal
+import secrets
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+import farmkit
+from farmkit.data.bars import Bars, to_bars
+from farmkit.errors import ParameterError, StrategyError
+from farmkit.feeds import HistoryFeed
+from farmkit.fmel.recorder import FmelRecorder, RecorderHook
+from farmkit.fmel.stores import open_store
+from farmkit.settings import Settings
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Broker settings with backtrader's defaults; ``commission`` means what
+    ``broker.setcommission(commission=...)`` means."""
+
+    cash: float = 100_000.0
+    commission: float = 0.0
+    slippage_perc: float = 0.0
+    slippage_fixed: float = 0.0
+    slip_open: bool = False
+    coc: bool = False           # cheat-on-close: market orders fill at this bar's close
+    coo: bool = False           # cheat-on-open
+    sizer: type | None = None
+    sizer_params: dict = field(default_factory=dict)
+
+    def apply(self, cerebro: bt.Cerebro) -> None:
+        broker = cerebro.broker
+        broker.setcash(self.cash)
+        broker.setcommission(commission=self.commission)
+        if self.slippage_perc:
+            broker.set_slippage_perc(self.slippage_perc, slip_open=self.slip_open)
+        elif self.slippage_fixed:
+            broker.set_slippage_fixed(self.slippage_fixed, slip_open=self.slip_open)
+        broker.set_coc(self.coc)
+        broker.set_coo(self.coo)
+        if self.sizer is not None:
+            cerebro.addsizer(self.sizer, **self.sizer_params)
+
+
+def new_run_id(prefix: str = "bt") -> str:
+    return f"{prefix}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def code_hash(cls: type) -> str:
+    """Hash of a strategy's code: its source where Python can find it, else its methods' bytecode."""
+    h = hashlib.sha256()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(("backtrader", "farmkit")) or klass is object:
+            continue
+        try:
+            h.update(inspect.getsource(klass).encode())
+        except (OSError, TypeError):
+            for name, member in sorted(vars(klass).items()):
+                code = getattr(member, "__code__", None)
+                h.update(name.encode() + (marshal.dumps(code) if code is not None else repr(member).encode()))
+    return h.hexdigest()[:16]
+
+
+def check_params(strategy: type, params: dict) -> dict:
+    """Reject unknown parameter names and values of the wrong type before anything runs."""
+    known = dict(zip(strategy.params._getkeys(), strategy.params._getdefaults()))
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ParameterError(f"{strategy.__name__} has no parameter(s) {', '.join(unknown)}; "
+                             f"its parameters are: {', '.join(f'{k}={v!r}' for k, v in known.items()) or 'none'}")
+    for name, value in params.items():
+        default = known[name]
+        if default is None or value is None:
+            continue
+        ok = (isinstance(value, bool) if isinstance(default, bool) else
+              isinstance(value, (int, np.integer)) and not isinstance(value, bool) if isinstance(default, int) else
+              isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+              if isinstance(default, float) else
+              isinstance(value, type(default)))
+        if not ok:
+            raise ParameterError(f"{strategy.__name__}.{name} expects {type(default).__name__} "
+                                 f"(default {default!r}), got {type(value).__name__} {value!r}")
+    return params
+
+
+def _timeframe(frame: pd.DataFrame) -> tuple[int, int]:
+    if len(frame) < 2:
+        return bt.TimeFrame.Days, 1
+    step = pd.Series(frame.index[1:] - frame.index[:-1]).median()
+    if step >= pd.Timedelta(days=1):
+        return bt.TimeFrame.Days, 1
+    if step >= pd.Timedelta(minutes=1):
+        return bt.TimeFrame.Minutes, max(1, int(step / pd.Timedelta(minutes=1)))
+    return bt.TimeFrame.Seconds, max(1, int(step / pd.Timedelta(seconds=1)))
+
+
+def _claim_run_id(settings: Settings, store) -> str:
+    # `farm backtest` registers its run as queued and passes the id in FARM_RUN_ID: the first
+    # backtest of that notebook takes it, any later one gets a fresh id.
+    if settings.run_id:
+        row = store.runs.get(settings.run_id)
+        if row is None or row.get("status") == "queued":
+            return settings.run_id
+    return new_run_id()
+
+
+class _Progress:
+    """A progress bar fed by polling the recorder from a thread: nothing is added to the bar loop."""
+
+    def __init__(self, recorder: FmelRecorder, total: int, mode: str, label: str):
+        self.recorder, self.total = recorder, total
+        self.enabled = mode == "on" or (mode == "auto" and total >= 200_000)
+        self._stop = threading.Event()
+        self._thread = None
+        self.label = label
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm.auto import tqdm
+            self._bar = tqdm(total=self.total, unit="bar", unit_scale=True, desc=self.label, leave=False)
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.25):
+            self._bar.n = self.recorder.bars
+            self._bar.refresh()
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._bar.n = self.recorder.bars
+            self._bar.close()
+
+
+def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 0.0, *,
+             slippage_perc: float = 0.0, slippage_fixed: float = 0.0, slip_open: bool = False,
+             coc: bool = False, coo: bool = False, sizer: type | None = None, sizer_params: dict | None = None,
+             agent_id: str | None = None, tz: str | None = None, settings: Settings | None = None,
+             store=None, progress: str | None = None, **params):
+    """Backtest a strategy on historical bars with complete FMEL, and return a :class:`BacktestResult`.
+
+    ``data`` is what ``fk.data`` returns, a DataFrame of OHLCV bars with a DatetimeIndex, or a dict
+    of them keyed by symbol. Extra keyword arguments are the strategy's parameters.
+
+    >>> res = fk.backtest(SmaCross, bars, cash=100_000, commission=0.0005, fast=5)
+    >>> res.metrics["sharpe"], res.explain(bar=120)
+    """
+    from farmkit.result import BacktestResult
+
+    if not (isinstance(strategy, type) and issubclass(strategy, bt.Strategy)):
+        raise TypeError(f"strategy must be a backtrader Strategy class (e.g. a fk.Strategy subclass), "
+                        f"got {strategy!r}")
+    check_params(strategy, params)
+    bars = to_bars(data, tz=tz)
+    broker = BrokerConfig(cash=float(cash), commission=float(commission), slippage_perc=slippage_perc,
+                          slippage_fixed=slippage_fixed, slip_open=slip_open, coc=coc, coo=coo,
+                          sizer=sizer, sizer_params=sizer_params or {})
+    settings = settings or Settings.from_env()
+    store = store or open_store(settings.store)
+    run_id = _claim_run_id(settings, store)
+    agent_id = agent_id or strategy.__name__
+    started = time.time()
+    store.runs.upsert(run_id, agent_id=agent_id, strategy=strategy.__name__, mode="backtest", status="running",
+                      params={k: _plain(v) for k, v in params.items()},
+                      params_hash=hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()
+                                                 ).hexdigest()[:16],
+                      data_fingerprint=bars.fingerprint(), code_hash=code_hash(strategy),
+                      farmkit_version=farmkit.__version__, started_at=pd.Timestamp(started, unit="s", tz="UTC"))
+
+    recorder = FmelRecorder(run_id, agent_id, mode="backtest", sink=store.write_fmel)
+    cerebro = build_cerebro(strategy, bars, broker, recorder, params)
+    total = max(len(f) for f in bars.values())
+    try:
+        with _Progress(recorder, total, progress or settings.progress, strategy.__name__):
+            strat = cerebro.run()[0]
+    except Exception as exc:
+        text = traceback.format_exc()
+        failing = recorder.strategy is not None
+        bar = recorder.on_error(exc, text) if failing else None
+        when = (pd.Timestamp(recorder.timestamps[-1] - 719163.0, unit="D", tz="UTC").round("ms")
+                if failing and len(recorder.timestamps) else None)
+        recorder.flush()
+        store.runs.upsert(run_id, status="failed", error=text, failed_bar=bar, bars=recorder.bars,
+                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+        where = f" at bar {bar} ({when})" if bar is not None else " before the first bar"
+        raise StrategyError(f"{strategy.__name__} raised {type(exc).__name__}: {exc}{where}. "
+                            f"FMEL up to that bar is kept in run {run_id}; "
+                            f"fk.fmel.explain({run_id!r}, bar={bar}) shows it.",
+                            run_id=run_id, bar_number=bar, timestamp=when, traceback_text=text) from exc
+    recorder.flush()
+    result = BacktestResult.from_run(run_id=run_id, agent_id=agent_id, strategy=strategy.__name__,
+                                     params=params, bars=bars, recorder=recorder, store=store,
+                                     broker=strat.broker)
+    store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.bars,
+                      finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+    return result
+
+
+def build_cerebro(strategy: type, bars: Bars, broker: BrokerConfig, recorder: FmelRecorder,
+                  params: dict, **cerebro_kwargs) -> bt.Cerebro:
+    """The wiring shared by every kind of run. Observers are off: FMEL records what they would plot."""
+    cerebro = bt.Cerebro(stdstats=False, **cerebro_kwargs)
+    for symbol, frame in bars.items():
+        timeframe, compression = _timeframe(frame)
+        cerebro.adddata(HistoryFeed(dataname=frame, name=symbol, timeframe=timeframe, compression=compression))
+    broker.apply(cerebro)
+    cerebro.addstrategy(strategy, **params)
+    cerebro.addanalyzer(RecorderHook, _name="fmel", recorder=recorder)
+    return cerebro
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, type):
+        return value.__name__
+    return value

@@ -1,0 +1,85 @@
+"""The embedded store: FMEL as immutable Parquet files per run and batch, queried with DuckDB,
+and the run registry in SQLite. Several processes can write and read at once: DuckDB would lock a
+database file exclusively, so nothing here keeps one open."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from farmkit.fmel import schema
+from farmkit.fmel.registry import RunRegistry
+
+
+class LocalStore:
+    """``local://PATH``: FMEL under ``PATH/fmel/run_id=ID/part-NNNNNNNNNN.parquet``, runs in
+    ``PATH/registry.sqlite``."""
+
+    scheme = "local"
+
+    def __init__(self, home: str | Path):
+        self.home = Path(home).expanduser().absolute()
+        self.fmel_dir = self.home / "fmel"
+        self.fmel_dir.mkdir(parents=True, exist_ok=True)
+        self.runs = RunRegistry(self.home / "registry.sqlite")
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.home)!r})"
+
+    def run_dir(self, run_id: str) -> Path:
+        """Where a run's artifacts (executed notebook, tearsheet) live."""
+        return self.home / "runs" / run_id
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write_fmel(self, table: pa.Table) -> Path | None:
+        """Write one batch of FMEL rows of one run. The file is named by its first bar, so writing
+        the same batch again replaces it instead of duplicating it."""
+        if table.num_rows == 0:
+            return None
+        table = table.cast(schema.arrow_schema("fmel"))
+        run_id = table.column("run_id")[0].as_py()
+        first_bar = table.column("bar_number")[0].as_py()
+        folder = self.fmel_dir / f"run_id={run_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"part-{first_bar:010d}.parquet"
+        temporary = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, final)  # readers see the whole file or none of it
+        return final
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _files(self, run_id: str | None = None) -> list[str]:
+        pattern = f"run_id={run_id}/part-*.parquet" if run_id else "run_id=*/part-*.parquet"
+        return sorted(str(p) for p in self.fmel_dir.glob(pattern))
+
+    def connect(self, run_id: str | None = None) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with views ``fmel`` (deduplicated on record_id) and ``runs``."""
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        files = self._files(run_id)
+        if files:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(f"CREATE VIEW fmel_raw AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+        else:
+            con.register("fmel_empty", schema.arrow_schema("fmel").empty_table())
+            con.execute("CREATE VIEW fmel_raw AS SELECT * FROM fmel_empty")
+        con.execute("CREATE VIEW fmel AS SELECT * FROM fmel_raw "
+                    "QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY recorded_at DESC) = 1")
+        con.register("runs_frame", self.runs.frame().astype({c: "string" for c in schema.json_columns("runs")}))
+        con.execute("CREATE VIEW runs AS SELECT * FROM runs_frame")
+        return con
+
+    def fmel(self, run_id: str) -> pd.DataFrame:
+        """All FMEL records of one run, in bar order."""
+        with self.connect(run_id) as con:
+            return con.execute("SELECT * FROM fmel ORDER BY bar_number").df()
+
+    def sql(self, query: str, run_id: str | None = None) -> pd.DataFrame:
+        with self.connect(run_id) as con:
+            return con.execute(query).df()

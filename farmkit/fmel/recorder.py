@@ -1,0 +1,345 @@
+"""FMEL recorder: one record per bar per run, kept in columns while the strategy runs.
+
+The per-bar work is a handful of appends to typed arrays: the length of each feed's and each
+tracked indicator's line buffer (values are gathered from those buffers when a batch is written),
+cash and value as the broker reported them, and any decisions and order events of the bar. A batch
+becomes canonical FMEL rows (schema in `farmkit/schemas/fmel.json`) in one vectorised step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from array import array
+from collections import defaultdict
+
+import backtrader as bt
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from farmkit.fmel import schema
+
+_STATUS = {bt.Order.Submitted: "submitted", bt.Order.Accepted: "accepted", bt.Order.Partial: "partial",
+           bt.Order.Completed: "filled", bt.Order.Canceled: "cancelled", bt.Order.Expired: "expired",
+           bt.Order.Margin: "margin", bt.Order.Rejected: "rejected"}
+_HOLD = json.dumps([{"action": "hold", "symbol": None, "size": None, "reason": None,
+                     "confidence": None, "signals": None}])
+
+
+def num2ns(values: np.ndarray) -> np.ndarray:
+    """backtrader float dates to int64 UTC nanoseconds, rounded to the millisecond (float days
+    carry ~10 µs of noise at today's dates)."""
+    values = np.asarray(values, dtype="float64")
+    missing = ~np.isfinite(values)
+    ms = np.rint((np.where(missing, 719163.0, values) - 719163.0) * 86_400_000.0).astype("int64")
+    return np.where(missing, np.iinfo("int64").min, ms * 1_000_000)  # int64 min is NaT
+
+
+def _line_buffer(obj):
+    if isinstance(obj, bt.LineSeries):
+        return obj.lines[0]
+    if isinstance(obj, bt.linebuffer.LineBuffer):
+        return obj
+    return None
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if not math.isfinite(value) else float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, default=_json_default, allow_nan=False) if _finite(value) else "null"
+
+
+def _finite(value) -> bool:
+    return not (isinstance(value, float) and not math.isfinite(value))
+
+
+class FmelRecorder:
+    """Collects the FMEL of one run and hands batches of canonical rows to ``sink(table)``.
+
+    ``batch_bars`` > 0 writes a batch every that many bars (paper runs); 0 writes once at the end.
+    """
+
+    def __init__(self, run_id: str, agent_id: str, mode: str = "backtest", sink=None,
+                 batch_bars: int = 0, clock=time.time):
+        self.run_id, self.agent_id, self.mode = run_id, agent_id, mode
+        self.sink, self.batch_bars, self.clock = sink, batch_bars, clock
+        self.bars = 0                 # bars recorded
+        self.written = 0              # bars handed to the sink
+        self.rows_written = 0
+        self.strategy = None
+        self.timestamps = array("d")
+        self.cash, self.value = array("d"), array("d")
+        self.start_value = math.nan
+        self.orders: list[tuple] = []     # order events, with the bar they were seen at
+        self.trades: list[dict] = []      # closed trades
+        self.decisions: dict[int, list] = defaultdict(list)
+        self.errors: dict[int, dict] = {}
+        self._cash_now = self._value_now = math.nan
+        self._filled: dict[int, float] = {}        # order ref -> size executed so far
+        self._fills: list[tuple[int, int, float, float]] = []  # (bar, symbol index, size, price)
+        self._open_trades: dict[int, float] = {}   # trade ref -> largest |size| seen
+        self._peak = -math.inf
+        self._position_carry = None
+
+    # -- wiring ----------------------------------------------------------------------------------
+    def attach(self, strategy) -> None:
+        self.strategy = strategy
+        self.datas = list(strategy.datas)
+        self.symbols = [d._name or f"data{i}" for i, d in enumerate(self.datas)]
+        self._symbol_index = {id(d): i for i, d in enumerate(self.datas)}
+        self._dtline = strategy.lines.datetime
+        self._buffers = [d.lines.close for d in self.datas]
+        self._lens = [array("q") for _ in self._buffers]
+        self._tracked_names: list[str] = []          # tracked lines, in buffer order after the datas
+        self._plain: dict[str, list] = {}            # tracked plain values, one list per name
+        self._ntracked = -1
+        self._position_carry = np.zeros(len(self.datas))
+        self._retrack()
+
+    @property
+    def _tracked(self) -> dict:
+        return getattr(self.strategy, "_fk_tracked", None) or {}
+
+    def _retrack(self) -> None:
+        # track() may add names at any bar: earlier bars get null for them.
+        for name, obj in self._tracked.items():
+            if name in self._plain or name in self._tracked_names:
+                continue
+            buffer = _line_buffer(obj)
+            if buffer is not None:
+                self._tracked_names.append(name)
+                self._buffers.append(buffer)
+                self._lens.append(array("q", bytes(8 * self.bars)))
+            else:
+                self._plain[name] = [None] * self.bars
+        self._pairs = list(zip(self._lens, self._buffers))
+        self._ntracked = len(self._tracked)
+
+    # -- per bar (hot path) ----------------------------------------------------------------------
+    def on_cashvalue(self, cash: float, value: float) -> None:
+        self._cash_now, self._value_now = cash, value
+
+    def on_bar(self) -> None:
+        self.timestamps.append(self._dtline[0])
+        self.cash.append(self._cash_now)
+        self.value.append(self._value_now)
+        for lens, buffer in self._pairs:
+            lens.append(len(buffer))
+        strategy = self.strategy
+        tracked = getattr(strategy, "_fk_tracked", None)
+        if tracked:
+            if len(tracked) != self._ntracked:
+                self._retrack()
+            for name, column in self._plain.items():
+                column.append(tracked[name])
+        noted = getattr(strategy, "_fk_decisions", None)
+        if noted:
+            self.decisions[self.bars].extend(noted)
+            noted.clear()
+        self.bars += 1
+        if self.batch_bars and self.bars - self.written >= self.batch_bars:
+            self.flush()
+
+    def on_order(self, order) -> None:
+        bar = self.bars
+        ref = order.ref
+        executed = order.executed.size
+        delta = executed - self._filled.get(ref, 0.0)
+        symbol = self._symbol_index.get(id(order.data), 0)
+        if delta:
+            self._filled[ref] = executed
+            self._fills.append((bar, symbol, delta, order.executed.price))
+        self.orders.append((
+            bar, ref, self.symbols[symbol], _STATUS.get(order.status, str(order.getstatusname()).lower()),
+            "buy" if order.isbuy() else "sell", order.getordername().lower(),
+            order.created.size, order.created.price, order.created.dt,
+            delta, order.executed.price if delta else None, order.executed.comm,
+            order.executed.dt if delta else None, order.info.get("reason") if order.info else None,
+        ))
+
+    def on_trade(self, trade) -> None:
+        size = abs(trade.size)
+        self._open_trades[trade.ref] = max(self._open_trades.get(trade.ref, 0.0), size)
+        if not trade.isclosed:
+            return
+        peak = self._open_trades.pop(trade.ref, 0.0) or 1.0
+        sign = 1.0 if trade.long else -1.0
+        self.trades.append({
+            "symbol": trade.data._name, "opened_at": trade.dtopen, "closed_at": trade.dtclose,
+            "size": sign * peak, "entry_price": trade.price,
+            # Average exit price: exact for a trade opened and closed in one order each.
+            "exit_price": trade.price + trade.pnl / (sign * peak),
+            "pnl": trade.pnl, "pnl_net": trade.pnlcomm, "commission": trade.commission,
+            "bars_held": trade.barlen,
+        })
+
+    def on_error(self, exc: BaseException, traceback_text: str) -> int:
+        """Record the bar on which the strategy raised, with the error; returns its bar number."""
+        bar = self.bars
+        self.on_bar()
+        self.errors[bar] = {"action": "error", "symbol": None, "size": None,
+                            "reason": f"{type(exc).__name__}: {exc}", "confidence": None,
+                            "signals": None, "traceback": traceback_text}
+        return bar
+
+    # -- batches ---------------------------------------------------------------------------------
+    def flush(self, chunk: int = 100_000) -> int:
+        """Hand the bars recorded since the last flush to the sink, ``chunk`` rows per batch."""
+        n = 0
+        while self.written < self.bars:
+            end = min(self.bars, self.written + chunk)
+            table = self.batch(self.written, end)
+            if self.sink is not None:
+                self.sink(table)
+            self.written = end
+            self.rows_written += table.num_rows
+            n += table.num_rows
+        return n
+
+    def batch(self, start: int, end: int) -> pa.Table:
+        """Canonical FMEL rows for bars ``start`` to ``end`` (end excluded)."""
+        cols: dict[str, np.ndarray | pa.Array] = {}
+        bars = np.arange(start, end, dtype="int64")
+        cols["bar_number"] = bars
+        cols["ts"] = pa.array(num2ns(np.frombuffer(self.timestamps, "f8")[start:end]),
+                              pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"))
+        cash = np.frombuffer(self.cash, "f8")[start:end].copy()
+        value = np.frombuffer(self.value, "f8")[start:end].copy()
+        if math.isnan(self.start_value) and len(value):
+            self.start_value = float(self.strategy.broker.startingcash)
+        closes = []
+        for i, d in enumerate(self.datas):
+            idx = np.frombuffer(self._lens[i], "q")[start:end] - 1
+            valid = idx >= 0
+            for field in ("open", "high", "low", "close", "volume"):
+                vals = self._gather(getattr(d.lines, field), idx, valid)
+                cols[f"m{i}_{field}"] = pa.array(vals, mask=~valid | np.isnan(vals))
+                if field == "close":
+                    closes.append(np.where(valid, vals, 0.0))
+        for j, name in enumerate(self._tracked_names):
+            k = len(self.datas) + j
+            idx = np.frombuffer(self._lens[k], "q")[start:end] - 1
+            valid = idx >= 0
+            vals = self._gather(self._buffers[k], idx, valid)
+            cols[f"t{j}"] = pa.array(vals, mask=~valid | ~np.isfinite(vals))
+        for j, (name, values) in enumerate(self._plain.items()):
+            cols[f"x{j}"] = pa.array([_dumps(v) for v in values[start:end]], pa.string())
+        positions = self._positions(start, end)
+        for i in range(len(self.datas)):
+            cols[f"p{i}"] = positions[:, i]
+        gross = np.abs(positions * np.column_stack(closes)).sum(axis=1) if closes else np.zeros(end - start)
+        peak = np.maximum.accumulate(np.concatenate([[self._peak], value]))[1:]
+        self._peak = float(peak[-1]) if len(peak) else self._peak
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cols["cash"] = cash
+            cols["equity"] = value
+            cols["pnl"] = value - self.start_value
+            cols["ret"] = value / self.start_value - 1.0
+            cols["dd"] = value / peak - 1.0
+            cols["exposure"] = np.where(value != 0, gross / value, np.nan)
+        cols["recorded_at"] = pa.array(np.full(end - start, int(self.clock() * 1e6), dtype="int64"),
+                                       pa.timestamp("us", tz="UTC"))
+        cols["decisions"] = pa.array([self._decisions_json(b) for b in range(start, end)], pa.string())
+        cols["actions"] = pa.array(self._actions_json(start, end), pa.string())
+        frame = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in cols.items()})
+        return self._assemble(frame)
+
+    @staticmethod
+    def _gather(line, idx, valid) -> np.ndarray:
+        # A view on the live array.array would block it from growing: copy out what is needed.
+        source = np.frombuffer(line.array, "f8")
+        out = np.where(valid, source[np.where(valid, idx, 0)] if len(source) else np.nan, np.nan)
+        del source
+        return out
+
+    def _positions(self, start: int, end: int) -> np.ndarray:
+        deltas = np.zeros((end - start, len(self.datas)))
+        for bar, symbol, size, _ in self._fills:
+            if start <= bar < end:
+                deltas[bar - start, symbol] += size
+        positions = np.cumsum(deltas, axis=0) + self._position_carry
+        if len(positions):
+            self._position_carry = positions[-1].copy()
+        return positions
+
+    def _decisions_json(self, bar: int) -> str | None:
+        if bar in self.errors:
+            return json.dumps([*self._decision_dicts(bar), self.errors[bar]])
+        if bar not in self.decisions:
+            return None
+        return json.dumps(self._decision_dicts(bar), default=_json_default)
+
+    def _decision_dicts(self, bar: int) -> list[dict]:
+        return [{"action": a, "symbol": s, "size": size, "reason": r, "confidence": c, "signals": sig,
+                 "orders": refs} for a, s, size, r, c, sig, refs in self.decisions.get(bar, ())]
+
+    def _actions_json(self, start: int, end: int) -> list[str | None]:
+        out: list[str | None] = [None] * (end - start)
+        by_bar: dict[int, list] = defaultdict(list)
+        for o in self.orders:
+            if start <= o[0] < end:
+                by_bar[o[0]].append({
+                    "order": o[1], "symbol": o[2], "event": o[3], "side": o[4], "type": o[5],
+                    "size": o[6], "price": o[7] if o[7] is not None and math.isfinite(o[7] or 0) else None,
+                    "filled_size": o[9] or None, "fill_price": o[10], "commission": o[11],
+                })
+        for bar, events in by_bar.items():
+            out[bar - start] = json.dumps(events, default=_json_default)
+        return out
+
+    def _assemble(self, frame: pa.Table) -> pa.Table:
+        def lit(text: str) -> str:
+            return "'" + str(text).replace("'", "''") + "'"
+
+        market = ", ".join(
+            f"{lit(sym)}, CASE WHEN m{i}_close IS NULL THEN NULL ELSE json_object("
+            + ", ".join(f"'{f}', m{i}_{f}" for f in ("open", "high", "low", "close", "volume")) + ") END"
+            for i, sym in enumerate(self.symbols))
+        tracked = [f"{lit(n)}, t{j}" for j, n in enumerate(self._tracked_names)]
+        tracked += [f"{lit(n)}, json(x{j})" for j, n in enumerate(self._plain)]
+        positions = ", ".join(f"{lit(sym)}, p{i}" for i, sym in enumerate(self.symbols))
+        sql = f"""
+            SELECT {lit(self.run_id)} || ':' || bar_number AS record_id,
+                   {lit(self.run_id)} AS run_id, {lit(self.agent_id)} AS agent_id, {lit(self.mode)} AS mode,
+                   ts AS timestamp, recorded_at, bar_number,
+                   json_object({market})::VARCHAR AS market_state,
+                   json_object('tracked', json_object({', '.join(tracked)}), 'positions', json_object({positions}),
+                               'cash', cash)::VARCHAR AS strategy_state,
+                   coalesce(decisions, {lit(_HOLD)}) AS decisions,
+                   coalesce(actions, '[]') AS actions,
+                   json_object('equity', equity, 'cash', cash, 'pnl', pnl, 'return', ret,
+                               'drawdown', dd, 'exposure', exposure)::VARCHAR AS performance
+            FROM frame ORDER BY bar_number"""
+        with duckdb.connect() as con:
+            con.execute("SET TimeZone = 'UTC'")
+            con.register("frame", frame)
+            table = con.sql(sql).to_arrow_table()
+        return table.cast(schema.arrow_schema("fmel"))
+
+
+class RecorderHook(bt.Analyzer):
+    """The analyzer that feeds an :class:`FmelRecorder` from inside cerebro."""
+
+    params = (("recorder", None),)
+
+    def start(self):
+        recorder = self.p.recorder
+        recorder.attach(self.strategy)
+        # Bind the hot-path callbacks directly: one call per bar instead of two.
+        self.next = recorder.on_bar
+        self.notify_order = recorder.on_order
+        self.notify_trade = recorder.on_trade
+        self.notify_cashvalue = recorder.on_cashvalue
+
+    def get_analysis(self):
+        return {"bars": self.p.recorder.bars}

@@ -1,0 +1,148 @@
+"""`BacktestResult`: what a backtest returns — metrics, equity, trades, orders, FMEL, charts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from farmkit import metrics as _metrics
+from farmkit.data.bars import Bars
+from farmkit.fmel.recorder import num2ns
+
+_ORDER_COLUMNS = ["ref", "symbol", "side", "type", "status", "created_at", "size", "price",
+                  "executed_at", "executed_size", "executed_price", "commission", "reason"]
+_TRADE_COLUMNS = ["symbol", "opened_at", "closed_at", "size", "entry_price", "exit_price", "pnl",
+                  "pnl_net", "commission", "bars_held"]
+
+
+def _times(nums) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(num2ns(np.asarray(nums, dtype="float64")).view("datetime64[ns]")).tz_localize("UTC")
+
+
+@dataclass
+class BacktestResult:
+    """The outcome of ``fk.backtest``.
+
+    ``metrics`` (dict), ``equity``/``drawdown`` (Series), ``positions`` (DataFrame, one column per
+    symbol), ``trades`` and ``orders`` (DataFrames), ``fmel`` (the records, loaded on first use),
+    ``plot()``, ``to_html(path)``, ``explain(bar)``.
+    """
+
+    run_id: str
+    agent_id: str
+    strategy: str
+    params: dict
+    prices: Bars
+    equity: pd.Series
+    drawdown: pd.Series
+    positions: pd.DataFrame
+    trades: pd.DataFrame
+    orders: pd.DataFrame
+    metrics: dict
+    store: object = field(repr=False)
+    _fmel: pd.DataFrame | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_run(cls, *, run_id, agent_id, strategy, params, bars, recorder, store, broker) -> "BacktestResult":
+        index = _times(recorder.timestamps)
+        equity = pd.Series(np.frombuffer(recorder.value, "f8").copy(), index=index, name="equity")
+        drawdown = _metrics.drawdown(equity) if len(equity) else equity.copy()
+        positions = cls._positions(recorder, index)
+        orders = cls._orders(recorder)
+        trades = pd.DataFrame(recorder.trades, columns=_TRADE_COLUMNS)
+        for col in ("opened_at", "closed_at"):
+            trades[col] = _times(trades[col].to_numpy()) if len(trades) else pd.Series(dtype="datetime64[ns, UTC]")
+        closes = pd.DataFrame({s: f["close"] for s, f in bars.items()}).reindex(index).ffill()
+        gross = (positions.abs() * closes[positions.columns]).sum(axis=1)
+        exposure = gross / equity.where(equity != 0)
+        filled = orders[orders["executed_size"].fillna(0) != 0]
+        traded_value = float((filled["executed_size"].abs() * filled["executed_price"]).sum())
+        summary = _metrics.summary(equity, trades, exposure=exposure, traded_value=traded_value)
+        return cls(run_id=run_id, agent_id=agent_id, strategy=strategy, params=dict(params), prices=bars,
+                   equity=equity, drawdown=drawdown, positions=positions, trades=trades, orders=orders,
+                   metrics=summary, store=store)
+
+    @staticmethod
+    def _positions(recorder, index) -> pd.DataFrame:
+        deltas = np.zeros((len(index), len(recorder.symbols)))
+        for bar, symbol, size, _ in recorder._fills:
+            deltas[bar, symbol] += size
+        return pd.DataFrame(np.cumsum(deltas, axis=0), index=index, columns=recorder.symbols)
+
+    @staticmethod
+    def _orders(recorder) -> pd.DataFrame:
+        reasons = {}
+        for noted in recorder.decisions.values():
+            for action, symbol, size, reason, confidence, signals, refs in noted:
+                for ref in refs:
+                    reasons.setdefault(ref, reason)
+        rows: dict[int, dict] = {}
+        for (bar, ref, symbol, status, side, kind, size, price, created_dt, filled, fill_price, comm,
+             fill_dt, info_reason) in recorder.orders:
+            row = rows.setdefault(ref, {"ref": ref, "symbol": symbol, "side": side, "type": kind,
+                                        "created_at": created_dt, "size": size,
+                                        "price": price, "executed_at": np.nan, "executed_size": 0.0,
+                                        "executed_value": 0.0, "commission": 0.0,
+                                        "reason": reasons.get(ref, info_reason)})
+            row["status"] = status
+            row["commission"] = comm
+            if filled:
+                row["executed_size"] += filled
+                row["executed_value"] += filled * fill_price
+                row["executed_at"] = fill_dt
+        frame = pd.DataFrame(list(rows.values()))
+        if frame.empty:
+            return pd.DataFrame(columns=_ORDER_COLUMNS)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frame["executed_price"] = np.where(frame["executed_size"] != 0,
+                                               frame["executed_value"] / frame["executed_size"], np.nan)
+        for col in ("created_at", "executed_at"):
+            frame[col] = _times(frame[col].to_numpy(dtype="float64"))
+        frame["price"] = frame["price"].astype("float64")
+        return frame[_ORDER_COLUMNS]
+
+    # -- views -----------------------------------------------------------------------------------
+    @property
+    def final_value(self) -> float:
+        return float(self.equity.iloc[-1]) if len(self.equity) else float("nan")
+
+    @property
+    def fmel(self) -> pd.DataFrame:
+        """The FMEL records of this run (one row per bar), read from the store."""
+        if self._fmel is None:
+            self._fmel = self.store.fmel(self.run_id)
+        return self._fmel
+
+    def explain(self, bar: int | None = None, timestamp=None) -> pd.DataFrame:
+        """One bar's record as a readable table: market, strategy state, decision and reason, actions,
+        performance."""
+        from farmkit.fmel.query import explain
+        return explain(self.run_id, bar=bar, timestamp=timestamp, store=self.store)
+
+    def plot(self, symbol: str | None = None):
+        """The tearsheet as a plotly figure: price with trades, equity, drawdown, position."""
+        from farmkit import report
+        return report.tearsheet(self, symbol=symbol)
+
+    def to_html(self, path: str | Path | None = None) -> Path:
+        """Write a self-contained HTML tearsheet (opens offline); default under the run's folder."""
+        from farmkit import report
+        path = Path(path) if path is not None else self.store.run_dir(self.run_id) / "tearsheet.html"
+        return report.to_html(self, path)
+
+    def summary(self) -> pd.DataFrame:
+        from farmkit import report
+        return report.metrics_table(self.metrics)
+
+    def __repr__(self) -> str:
+        m = self.metrics
+        return (f"BacktestResult({self.strategy} run={self.run_id} final_value={self.final_value:,.2f} "
+                f"return={m.get('total_return', float('nan')):.2%} sharpe={m.get('sharpe', float('nan')):.2f} "
+                f"max_dd={m.get('max_drawdown', float('nan')):.2%} trades={m.get('trades', 0)})")
+
+    def _repr_html_(self) -> str:
+        return (f"<b>{self.strategy}</b> run <code>{self.run_id}</code>, params {self.params}"
+                + self.summary().to_html())

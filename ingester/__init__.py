@@ -1,0 +1,1 @@
+"""The market-data ingester service (Alpaca streams and news into the bus)."""

@@ -107,14 +107,14 @@ def _timeframe(frame: pd.DataFrame) -> tuple[int, int]:
     return bt.TimeFrame.Seconds, max(1, int(step / pd.Timedelta(seconds=1)))
 
 
-def _claim_run_id(settings: Settings, store) -> str:
+def _claim_run_id(settings: Settings, store) -> tuple[str, bool]:
     # `farm backtest` registers its run as queued and passes the id in FARM_RUN_ID: the first
     # backtest of that notebook takes it, any later one gets a fresh id.
     if settings.run_id:
         row = store.runs.get(settings.run_id)
         if row is None or row.get("status") == "queued":
-            return settings.run_id
-    return new_run_id()
+            return settings.run_id, True
+    return new_run_id(), False
 
 
 class _Progress:
@@ -173,7 +173,7 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
                           sizer=sizer, sizer_params=sizer_params or {})
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store)
-    run_id = _claim_run_id(settings, store)
+    run_id, claimed = _claim_run_id(settings, store)
     agent_id = agent_id or strategy.__name__
     started = time.time()
     store.runs.upsert(run_id, agent_id=agent_id, strategy=strategy.__name__, mode="backtest", status="running",
@@ -209,6 +209,8 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
                                      broker=strat.broker)
     store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.bars,
                       finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+    if claimed:  # run by `farm backtest`: keep the tearsheet with the run's other artifacts
+        result.to_html()
     return result
 
 

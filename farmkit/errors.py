@@ -41,3 +41,11 @@ class ConfigError(FarmError, ValueError):
 
 class MissingCredentials(FarmError, RuntimeError):
     """An API key that a call needs is not set."""
+
+
+class AlpacaAPIError(FarmError, RuntimeError):
+    """Alpaca answered a request with an error, or could not be reached. Carries the HTTP status."""
+
+    def __init__(self, message: str, *, status: int | None = None, api_message: str | None = None):
+        self.status, self.api_message = status, api_message
+        super().__init__(message)

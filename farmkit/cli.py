@@ -1,0 +1,120 @@
+"""The `farm` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from farmkit.errors import FarmError
+
+_EPILOG = """examples:
+  farm backtest notebooks/strategies/sma_crossover.ipynb
+  farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50 -p symbols AAPL,MSFT
+  farm runs                      # recent runs with their metrics
+  farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
+
+Everything is kept under FARM_HOME (default ./.farm): FMEL, the run registry, executed notebooks
+and tearsheets (runs/RUN_ID/)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm", description="The Farm: notebook backtests with full market "
+                                     "event logging.", epilog=_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    bt = sub.add_parser("backtest", help="run a strategy notebook as a backtest (papermill)",
+                        description="Run a notebook whose cell tagged 'parameters' holds the defaults. "
+                        "The executed notebook and the HTML tearsheet are written to FARM_HOME/runs/RUN_ID/.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50")
+    bt.add_argument("notebook", help="path to the .ipynb")
+    bt.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a parameter (repeatable); values take the type of the notebook's default")
+    bt.add_argument("--no-progress", action="store_true", help="no cell progress bar")
+    bt.set_defaults(handler=_backtest)
+
+    runs = sub.add_parser("runs", help="list recent runs with their metrics")
+    runs.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    runs.set_defaults(handler=_runs)
+
+    ex = sub.add_parser("explain", help="explain one bar of a run from its FMEL")
+    ex.add_argument("run_id")
+    group = ex.add_mutually_exclusive_group(required=True)
+    group.add_argument("--bar", type=int, help="bar number (0-based)")
+    group.add_argument("--at", help="timestamp (UTC unless it says otherwise)")
+    ex.set_defaults(handler=_explain)
+    return parser
+
+
+def _metrics_lines(metrics: dict | None) -> list[str]:
+    if not metrics:
+        return ["  (no metrics: the notebook ran no fk.backtest)"]
+    from farmkit.report import metrics_table
+    table = metrics_table(metrics)
+    return ["  " + line for line in table.to_string(header=False).splitlines()]
+
+
+def _backtest(args) -> int:
+    from farmkit import notebooks
+    params = dict(args.parameter)
+    print(f"Running {args.notebook}" + (f" with {params}" if params else ""), file=sys.stderr)
+    result = notebooks.run(args.notebook, params, progress=not args.no_progress)
+    run = result.run
+    print(f"\nrun {result.run_id}  {run.get('strategy')}  status={result.status}")
+    if run.get("params"):
+        print("params: " + ", ".join(f"{k}={v}" for k, v in run["params"].items()))
+    print("\n".join(_metrics_lines(run.get("metrics"))))
+    print(f"\nexecuted notebook: {result.output}")
+    if result.tearsheet:
+        print(f"tearsheet:         {result.tearsheet}")
+    print(f"explain a bar:     farm explain {result.run_id} --bar N")
+    return 0
+
+
+def _runs(args) -> int:
+    from farmkit import fmel
+    frame = fmel.runs()
+    if frame.empty:
+        print("no runs yet: try `farm backtest notebooks/strategies/sma_crossover.ipynb`")
+        return 0
+    frame = frame.tail(args.n)
+    metrics = pd.json_normalize(frame["metrics"].map(lambda m: m if isinstance(m, dict) else {}))
+    table = pd.DataFrame({
+        "run_id": frame["run_id"].to_numpy(), "strategy": frame["strategy"].to_numpy(),
+        "status": frame["status"].to_numpy(),
+        "started": frame["started_at"].dt.strftime("%Y-%m-%d %H:%M").to_numpy(),
+    })
+    for col, fmt in (("total_return", "{:+.2%}"), ("sharpe", "{:.2f}"), ("max_drawdown", "{:.2%}"), ("trades", "{:.0f}")):
+        table[col] = metrics[col].map(lambda v: fmt.format(v) if pd.notna(v) else "") if col in metrics else ""
+    print(table.to_string(index=False))
+    return 0
+
+
+def _explain(args) -> int:
+    from farmkit import fmel
+    table = fmel.explain(args.run_id, bar=args.bar, timestamp=args.at)
+    print(f"run {args.run_id}  bar {table.attrs['bar_number']}  {table.attrs['timestamp']}")
+    with pd.option_context("display.max_colwidth", 120, "display.width", 160):
+        print(table.to_string())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (FarmError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"farm {args.command}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Running research notebooks with papermill: parameters checked, the run registered, artifacts kept."""
+
+from __future__ import annotations
+
+import ast
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+from farmkit.engine import new_run_id
+from farmkit.errors import FarmError, ParameterError
+from farmkit.settings import Settings
+
+
+class NotebookError(FarmError, RuntimeError):
+    """A notebook could not be run, or one of its cells raised."""
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    run_id: str
+    status: str
+    output: Path
+    tearsheet: Path | None
+    run: dict
+
+
+def parameters(path: str | Path) -> dict:
+    """The defaults in a notebook's cell tagged ``parameters``.
+
+    >>> parameters("notebooks/strategies/sma_crossover.ipynb")["fast"]
+    10
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NotebookError(f"no notebook at {path}")
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return _assignments(cell.source, path)
+    raise NotebookError(f"{path} has no cell tagged 'parameters'. In JupyterLab, select the cell with the "
+                        "defaults, open the property inspector (gear icon) and add the tag 'parameters'.")
+
+
+def _assignments(source: str, path: Path) -> dict:
+    values = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    try:
+                        values[target.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        raise NotebookError(f"{path}: parameter {target.id} must be a literal value "
+                                            f"(number, string, list...), got {ast.unparse(node.value)}") from None
+    return values
+
+
+def coerce(params: dict, defaults: dict, notebook: str | Path = "notebook") -> dict:
+    """Check names against the notebook's parameters and turn command-line strings into the
+    type of each default: ``"5"`` → 5 for an int, ``"AAPL,MSFT"`` → ["AAPL", "MSFT"] for a list."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ParameterError(f"{notebook} has no parameter(s) {', '.join(unknown)}; its parameters are: "
+                             + ", ".join(f"{k}={v!r}" for k, v in defaults.items()))
+    out = {}
+    for name, value in params.items():
+        default = defaults[name]
+        if not isinstance(value, str) or isinstance(default, str):
+            out[name] = value
+            continue
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[name] = value.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                out[name] = int(value)
+            elif isinstance(default, float):
+                out[name] = float(value)
+            elif isinstance(default, list):
+                parsed = ast.literal_eval(value) if value.startswith("[") else value.split(",")
+                kind = type(default[0]) if default else str
+                out[name] = [kind(v) for v in parsed]
+            elif default is None:
+                try:
+                    out[name] = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    out[name] = value
+            else:
+                out[name] = type(default)(ast.literal_eval(value))
+        except (ValueError, SyntaxError, TypeError):
+            raise ParameterError(f"parameter {name} expects {type(default).__name__} like {default!r}, "
+                                 f"got {value!r}") from None
+    return out
+
+
+@contextmanager
+def _environment(**values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(path: str | Path, params: dict | None = None, *, settings: Settings | None = None,
+        store=None, progress: bool = True) -> NotebookRun:
+    """Run a strategy notebook as a backtest under papermill.
+
+    The run is registered before the notebook starts (its first ``fk.backtest`` takes the id); the
+    executed notebook and the HTML tearsheet go to ``FARM_HOME/runs/RUN_ID/``. A failing cell marks
+    the run failed and raises :class:`NotebookError` naming the cell and the error.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from farmkit.fmel.stores import open_store
+
+    path = Path(path)
+    params = coerce(dict(params or {}), parameters(path), path)
+    settings = settings or Settings.from_env()
+    store = store or open_store(settings.store)
+    run_id = new_run_id()
+    out_dir = store.run_dir(run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / "notebook.ipynb"
+    started = time.time()
+    store.runs.upsert(run_id, agent_id=path.stem, strategy=path.stem, mode="backtest", status="queued",
+                      params=params, notebook=str(path), started_at=pd.Timestamp(started, unit="s", tz="UTC"))
+    try:
+        with _environment(FARM_RUN_ID=run_id, FARM_HOME=settings.home, FARM_STORE=settings.store,
+                          FARM_PROGRESS="off"):
+            papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
+                                       language="python", cwd=str(path.parent), progress_bar=progress, log_output=False)
+    except PapermillExecutionError as exc:
+        row = store.runs.get(run_id) or {}
+        message = (f"{path}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}\n"
+                   f"--- cell source ---\n{exc.source}")
+        error = (row.get("error") or "") + ("\n" if row.get("error") else "") + message
+        store.runs.upsert(run_id, status="failed", error=error,
+                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+        raise NotebookError(f"{message}\nrun {run_id} is recorded as failed; the executed notebook is {output}") from None
+    except Exception as exc:  # the kernel died, could not start, ...: still a failed run, said plainly
+        store.runs.upsert(run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+        raise NotebookError(f"{path} could not be run: {type(exc).__name__}: {exc}; run {run_id} is "
+                            "recorded as failed") from exc
+    row = store.runs.get(run_id) or {}
+    if row.get("status") == "queued":  # the notebook ran no fk.backtest: nothing was measured
+        store.runs.upsert(run_id, status="done", finished_at=pd.Timestamp.now(tz="UTC"),
+                          duration_s=time.time() - started)
+        row = store.runs.get(run_id)
+    else:
+        store.runs.upsert(run_id, notebook=str(path), duration_s=time.time() - started)
+    tearsheet = out_dir / "tearsheet.html"
+    return NotebookRun(run_id=run_id, status=row["status"], output=output,
+                       tearsheet=tearsheet if tearsheet.exists() else None, run=row)

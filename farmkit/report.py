@@ -1,0 +1,272 @@
+"""Tearsheet of a backtest: price with fills, equity, drawdown and position on one time axis.
+
+Works from any result object that has these attributes (duck-typed; nothing here imports the engine):
+
+    run_id: str                   the run's id
+    strategy: str                 the strategy's name
+    metrics: dict[str, float]     total_return, cagr, volatility, sharpe, sortino, max_drawdown,
+                                  max_drawdown_duration_days, calmar, trades, win_rate, profit_factor,
+                                  exposure, turnover, final_value (missing keys are left out)
+    prices: dict[str, DataFrame]  symbol -> bars: UTC DatetimeIndex, float open/high/low/close/volume
+    equity: Series                portfolio value per bar, UTC index
+    drawdown: Series              <= 0, fraction below the running peak, same index as equity
+    positions: DataFrame          same index as equity, one column per symbol, position in shares
+    orders: DataFrame             symbol, side ('buy'/'sell'), status ('completed', 'cancelled',
+                                  'rejected', ...), executed_at (UTC Timestamp or NaT),
+                                  executed_price, size (signed), reason (str or None)
+
+>>> fig = fk.report.tearsheet(result)          # fig.show() in a notebook
+>>> fk.report.metrics_table(result.metrics)
+>>> fk.report.to_html(result, "reports/sma_cross.html")
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from farmkit.errors import ParameterError
+
+CANDLES_UP_TO = 2_000      # more candles than this are unreadable, and slow to draw: a close line then
+WEBGL_ABOVE = 5_000        # SVG lines get sluggish past a few thousand points; WebGL does not
+_BUY, _SELL = "#2ca02c", "#d62728"
+
+# key -> (pretty name, kind); the order here is the order of the table.
+_METRICS = {
+    "total_return": ("Total return", "percent"),
+    "cagr": ("CAGR", "percent"),
+    "volatility": ("Volatility (ann.)", "percent"),
+    "sharpe": ("Sharpe ratio", "ratio"),
+    "sortino": ("Sortino ratio", "ratio"),
+    "calmar": ("Calmar ratio", "ratio"),
+    "max_drawdown": ("Max drawdown", "percent"),
+    "max_drawdown_duration_days": ("Max drawdown duration", "days"),
+    "trades": ("Trades", "count"),
+    "win_rate": ("Win rate", "percent"),
+    "profit_factor": ("Profit factor", "ratio"),
+    "exposure": ("Exposure", "percent"),
+    "turnover": ("Turnover", "ratio"),
+    "final_value": ("Final value", "money"),
+}
+
+
+def _format(value, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    value = float(value)
+    if math.isinf(value):      # e.g. profit factor with no losing trade
+        return "∞" if value > 0 else "-∞"
+    if kind == "percent":
+        return f"{value:.2%}"
+    if kind == "days":
+        return f"{value:,.0f} days"
+    if kind == "count":
+        return f"{value:,.0f}"
+    if kind == "money":
+        return f"{value:,.2f}"
+    return f"{value:,.2f}"
+
+
+def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:
+    """The metrics as a display table: pretty names, percentages and ratios formatted as text.
+
+    Known metrics come first in a fixed order; unknown keys follow, formatted as plain numbers.
+
+    >>> fk.report.metrics_table({"total_return": 0.1234, "sharpe": 1.5})
+                   value
+    metric
+    Total return  12.34%
+    Sharpe ratio    1.50
+    """
+    keys = [k for k in _METRICS if k in metrics] + [k for k in metrics if k not in _METRICS]
+    names, values = [], []
+    for key in keys:
+        name, kind = _METRICS.get(key, (key.replace("_", " ").capitalize(), "ratio"))
+        names.append(name)
+        values.append(_format(metrics[key], kind))
+    return pd.DataFrame({"value": values}, index=pd.Index(names, name="metric"))
+
+
+def _naive_utc(index) -> pd.DatetimeIndex:
+    # plotly.js ignores UTC offsets in date strings; handing it naive UTC makes that explicit, and
+    # the axis says "UTC".
+    index = pd.DatetimeIndex(index)
+    return index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
+
+
+def _minmax_positions(values: np.ndarray, max_points: int) -> np.ndarray:
+    """Positions of the points to draw: at most ``max_points``, the first and last always included.
+
+    Splits the series into buckets of consecutive bars and keeps the lowest and the highest bar of
+    each. Unlike last-per-bucket, a spike or the drawdown trough cannot fall between two kept points.
+    """
+    n = len(values)
+    if n <= max_points:
+        return np.arange(n)
+    buckets = (max_points - 2) // 2
+    size = -(-n // buckets)                               # ceil: every bucket holds a real bar
+    grid = np.full(buckets * size, np.nan)
+    grid[:n] = values
+    grid = grid.reshape(buckets, size)
+    offsets = np.arange(buckets) * size
+    lows = np.where(np.isnan(grid), np.inf, grid).argmin(axis=1) + offsets
+    highs = np.where(np.isnan(grid), -np.inf, grid).argmax(axis=1) + offsets
+    keep = np.unique(np.concatenate(([0, n - 1], lows, highs)))
+    return keep[keep < n]
+
+
+def _line(series: pd.Series, name: str, max_points: int, **style) -> go.Scatter | go.Scattergl:
+    values = series.to_numpy(dtype=float, na_value=np.nan)
+    keep = _minmax_positions(values, max_points)
+    trace = go.Scattergl if len(keep) > WEBGL_ABOVE else go.Scatter
+    return trace(x=_naive_utc(series.index)[keep], y=values[keep], name=name, mode="lines", **style)
+
+
+def _fills(orders: pd.DataFrame, symbol: str) -> pd.DataFrame:
+    if orders is None or orders.empty:
+        return pd.DataFrame(columns=["side", "executed_at", "executed_price", "size", "reason"])
+    executed_at = pd.to_datetime(orders["executed_at"], utc=True)
+    done = (orders["status"] == "completed") & executed_at.notna() & (orders["symbol"] == symbol)
+    fills = orders.loc[done, ["side", "executed_price", "size", "reason"]].copy()
+    fills["executed_at"] = _naive_utc(executed_at[done])
+    fills["reason"] = fills["reason"].map(lambda r: r if isinstance(r, str) and r else "—")
+    return fills
+
+
+def _markers(fills: pd.DataFrame, side: str) -> go.Scatter | go.Scattergl:
+    # Fills are never downsampled: every trade the strategy made stays on the chart.
+    rows = fills[fills["side"] == side]
+    trace = go.Scattergl if len(rows) > WEBGL_ABOVE else go.Scatter
+    colour = _BUY if side == "buy" else _SELL
+    return trace(
+        x=rows["executed_at"], y=rows["executed_price"].astype(float), name=f"{side}s",
+        mode="markers",
+        marker=dict(symbol="triangle-up" if side == "buy" else "triangle-down", size=11,
+                    color=colour, line=dict(width=1, color="white")),
+        customdata=np.column_stack([rows["size"].astype(float), rows["reason"].astype(object)]),
+        hovertemplate=(f"<b>{side}</b> %{{x|%Y-%m-%d %H:%M:%S}} UTC<br>price %{{y:,.4f}}"
+                       "<br>size %{customdata[0]:,}<br>%{customdata[1]}<extra></extra>"),
+    )
+
+
+def _pick_symbol(result, symbol: str | None) -> str:
+    known = list(result.prices)
+    if not known:
+        raise ParameterError(f"run {result.run_id} has no prices to chart")
+    if symbol is None:
+        return known[0]
+    if symbol not in result.prices:
+        raise ParameterError(f"symbol {symbol!r} is not in run {result.run_id}; "
+                             f"known symbols: {', '.join(map(str, known))}")
+    return symbol
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    parts = [f"{name} {_format(metrics[key], kind)}" for key, (name, kind) in _METRICS.items()
+             if key in ("total_return", "sharpe", "max_drawdown", "trades") and key in metrics]
+    return " · ".join(parts)
+
+
+def tearsheet(result, symbol: str | None = None, max_points: int = 20_000) -> go.Figure:
+    """Price with buy/sell fills, equity, drawdown and position, stacked on a shared time axis.
+
+    ``symbol`` picks the instrument to chart (default: the first in ``result.prices``). Lines
+    longer than ``max_points`` are thinned for display (lowest and highest bar per bucket, so
+    extremes stay visible); fill markers are always all drawn.
+
+    >>> fk.report.tearsheet(result, symbol="AAPL").show()
+    """
+    if max_points < 10:
+        raise ParameterError(f"max_points must be at least 10, got {max_points}")
+    symbol = _pick_symbol(result, symbol)
+    bars = result.prices[symbol]
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.025,
+                        row_heights=[0.46, 0.22, 0.16, 0.16],
+                        subplot_titles=(symbol, "Equity", "Drawdown", "Position"))
+
+    if len(bars) <= min(CANDLES_UP_TO, max_points):
+        # Grey candles: green and red are kept for the buy and sell markers drawn on top.
+        price = go.Candlestick(x=_naive_utc(bars.index), open=bars["open"], high=bars["high"],
+                               low=bars["low"], close=bars["close"], name="price",
+                               increasing_line_color="#7f7f7f", decreasing_line_color="#1f1f1f",
+                               opacity=0.8)
+    else:
+        price = _line(bars["close"], "price", max_points, line=dict(width=1, color="#444"))
+    fig.add_trace(price, row=1, col=1)
+    fills = _fills(result.orders, symbol)
+    fig.add_trace(_markers(fills, "buy"), row=1, col=1)
+    fig.add_trace(_markers(fills, "sell"), row=1, col=1)
+
+    fig.add_trace(_line(result.equity, "equity", max_points, line=dict(width=1.5, color="#1f77b4")),
+                  row=2, col=1)
+    fig.add_trace(_line(result.drawdown, "drawdown", max_points, fill="tozeroy",
+                        line=dict(width=1, color=_SELL), fillcolor="rgba(214,39,40,0.25)"),
+                  row=3, col=1)
+    # An engine leaves out a column for a symbol it never held: that is a flat zero position.
+    held = result.positions[symbol] if symbol in result.positions else pd.Series(0.0, result.equity.index)
+    fig.add_trace(_line(held, "position", max_points, line=dict(width=1.5, color="#9467bd", shape="hv")),
+                  row=4, col=1)
+
+    fig.update_layout(
+        title=dict(text=f"{html.escape(str(result.strategy))} · run {html.escape(str(result.run_id))}"
+                        f"<br><sup>{_headline(result.metrics)}</sup>", x=0.01),
+        height=900, hovermode="x unified", template="plotly_white",
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        margin=dict(l=60, r=20, t=110, b=40),
+    )
+    # Candlesticks add a range slider by default; with four stacked panels it only takes space.
+    fig.update_xaxes(rangeslider_visible=False, showspikes=True, spikemode="across", spikethickness=1)
+    fig.update_xaxes(title_text="time (UTC)", row=4, col=1)
+    fig.update_yaxes(tickformat=".1~%", row=3, col=1)     # -0.5%, -1%, -20%: no repeated labels
+    return fig
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+  body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem; color: #222; }}
+  table.metrics {{ border-collapse: collapse; margin-top: 0.5rem; }}
+  table.metrics th, table.metrics td {{ padding: 0.25rem 1rem; border-bottom: 1px solid #ddd; }}
+  table.metrics td {{ text-align: right; font-variant-numeric: tabular-nums; }}
+  table.metrics th {{ text-align: left; font-weight: normal; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+{figure}
+<h2>Metrics</h2>
+{table}
+</body>
+</html>
+"""
+
+
+def to_html(result, path: str | Path) -> Path:
+    """Write the tearsheet and metrics as one self-contained HTML file that opens offline.
+
+    plotly.js is embedded inline (about 5 MB) and the page loads nothing from the network, so the
+    file can be mailed, archived or opened on a machine without internet. Parent directories are
+    created. Returns the path written.
+
+    >>> fk.report.to_html(result, "reports/sma_cross.html")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = tearsheet(result).to_html(
+        include_plotlyjs=True, full_html=False, div_id="tearsheet",
+        config={"displaylogo": False, "responsive": True},
+    )
+    table = metrics_table(result.metrics).to_html(classes="metrics", border=0, header=False,
+                                                  index_names=False)
+    title = html.escape(f"{result.strategy} · run {result.run_id}")
+    path.write_text(_PAGE.format(title=title, figure=figure, table=table), encoding="utf-8")
+    return path

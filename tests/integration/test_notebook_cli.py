@@ -1,0 +1,79 @@
+"""`farm backtest NOTEBOOK`: papermill runs, parameters, artifacts, registry, failures."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import farmkit as fk
+from farmkit import cli, notebooks
+
+ROOT = Path(__file__).resolve().parents[2]
+SMA = ROOT / "notebooks" / "strategies" / "sma_crossover.ipynb"
+
+
+def test_parameters_cell_is_read():
+    defaults = notebooks.parameters(SMA)
+    assert defaults["fast"] == 10 and defaults["symbols"] == ["AAPL", "MSFT"]
+
+
+def test_command_line_values_take_the_default_type():
+    defaults = {"fast": 10, "cash": 1.0, "symbols": ["A"], "name": "x", "flag": False}
+    got = notebooks.coerce({"fast": "5", "cash": "2.5", "symbols": "AAPL,MSFT", "name": "y", "flag": "true"},
+                           defaults)
+    assert got == {"fast": 5, "cash": 2.5, "symbols": ["AAPL", "MSFT"], "name": "y", "flag": True}
+    with pytest.raises(fk.ParameterError, match="no parameter.*fsat"):
+        notebooks.coerce({"fsat": "5"}, defaults)
+    with pytest.raises(fk.ParameterError, match="fast expects int"):
+        notebooks.coerce({"fast": "five"}, defaults)
+
+
+def test_farm_backtest_runs_the_notebook(farm_home, capsys):
+    code = cli.main(["backtest", str(SMA), "-p", "fast", "5", "-p", "slow", "20", "-p", "days", "3",
+                     "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    run = fk.runs().iloc[-1]
+    assert run.status == "done" and run.params == {"fast": 5, "slow": 20, "size": 100}
+    assert f"run {run.run_id}" in out and "Sharpe ratio" in out
+    run_dir = farm_home.home / "runs" / run.run_id
+    executed = nbformat.read(run_dir / "notebook.ipynb", as_version=4)
+    assert any("fast = 5" in c.source for c in executed.cells)  # papermill's injected parameters
+    assert (run_dir / "tearsheet.html").stat().st_size > 1_000_000  # plotly.js inlined
+    assert len(fk.fmel.load(run.run_id)) == 3 * 390  # one record per minute bar
+
+
+def test_failing_notebook_names_the_cell_and_is_recorded(farm_home, tmp_path, capsys):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("import farmkit as fk\nraise ValueError(f'bad x={x}')")]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    assert cli.main(["backtest", str(path), "-p", "x", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "raised ValueError: bad x=2" in err and "raise ValueError" in err
+    run = fk.runs().iloc[-1]
+    assert run.status == "failed" and "bad x=2" in run.error
+
+
+def test_notebook_without_parameters_cell_says_how_to_tag_one(farm_home, tmp_path, capsys):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "untagged.ipynb"
+    nbformat.write(nb, path)
+    assert cli.main(["backtest", str(path)]) == 1
+    assert "add the tag 'parameters'" in capsys.readouterr().err
+
+
+def test_explain_and_runs_commands(farm_home, capsys, minute_bars):
+    from tests.unit.test_engine import TrackedCross
+    res = fk.backtest(TrackedCross, minute_bars)
+    assert cli.main(["runs"]) == 0
+    assert res.run_id in capsys.readouterr().out
+    assert cli.main(["explain", res.run_id, "--bar", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "bar 30" in out and "slow" in out and "equity" in out
+    assert cli.main(["explain", res.run_id, "--bar", "999999"]) == 1
+    assert "has no bar 999999" in capsys.readouterr().err

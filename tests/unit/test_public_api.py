@@ -1,0 +1,24 @@
+import farmkit as fk
+
+
+def test_public_api_is_curated():
+    assert sorted(fk.__all__) == [
+        "BacktestResult", "Bars", "DataError", "FarmError", "ParameterError", "Settings", "Strategy",
+        "StrategyError", "backtest", "data", "fmel", "runs",
+    ]
+    assert sorted(fk.data.__all__) == ["Bars", "alpaca", "load", "synthetic", "to_bars"]
+
+
+def test_settings_reject_unknown_farm_variables():
+    import pytest
+    with pytest.raises(fk.FarmError, match="FARM_HOMR.*known: FARM_BROKER"):
+        fk.Settings.from_env({"FARM_HOMR": "/tmp/x"})
+    settings = fk.Settings.from_env({"FARM_HOME": "/tmp/farm-x"})
+    assert settings.store == "local:///tmp/farm-x" and settings.bus == "memory://"
+
+
+def test_unknown_store_scheme_lists_the_known_ones():
+    import pytest
+    from farmkit.fmel.stores import open_store
+    with pytest.raises(fk.FarmError, match="known schemes: local://"):
+        open_store("mongo://x")

@@ -11,7 +11,7 @@ Works from any result object that has these attributes (duck-typed; nothing here
     equity: Series                portfolio value per bar, UTC index
     drawdown: Series              <= 0, fraction below the running peak, same index as equity
     positions: DataFrame          same index as equity, one column per symbol, position in shares
-    orders: DataFrame             symbol, side ('buy'/'sell'), status ('completed', 'cancelled',
+    orders: DataFrame             symbol, side ('buy'/'sell'), status ('filled', 'cancelled',
                                   'rejected', ...), executed_at (UTC Timestamp or NaT),
                                   executed_price, size (signed), reason (str or None)
 
@@ -132,7 +132,7 @@ def _fills(orders: pd.DataFrame, symbol: str) -> pd.DataFrame:
     if orders is None or orders.empty:
         return pd.DataFrame(columns=["side", "executed_at", "executed_price", "size", "reason"])
     executed_at = pd.to_datetime(orders["executed_at"], utc=True)
-    done = (orders["status"] == "completed") & executed_at.notna() & (orders["symbol"] == symbol)
+    done = (orders["status"] == "filled") & executed_at.notna() & (orders["symbol"] == symbol)
     fills = orders.loc[done, ["side", "executed_price", "size", "reason"]].copy()
     fills["executed_at"] = _naive_utc(executed_at[done])
     fills["reason"] = fills["reason"].map(lambda r: r if isinstance(r, str) and r else "—")

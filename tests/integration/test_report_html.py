@@ -190,7 +190,7 @@ def fake_result(bars: int, freq: str):
     for start, end in zip(at[0::2], at[1::2]):
         position.iloc[start:end] = 100.0
     orders = pd.DataFrame({
-        "symbol": "AAPL", "side": sides + ["buy"], "status": ["completed"] * 6 + ["cancelled"],
+        "symbol": "AAPL", "side": sides + ["buy"], "status": ["filled"] * 6 + ["cancelled"],
         "executed_at": list(index[at]) + [pd.NaT], "executed_price": list(close[at]) + [np.nan],
         "size": [100.0, -100.0] * 3 + [5.0], "reason": ["entry", "exit"] * 3 + [None],
     })

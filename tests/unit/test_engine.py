@@ -209,3 +209,14 @@ def test_run_registry_records_the_run(farm_home, minute_bars):
     assert run.data_fingerprint == minute_bars.fingerprint() and len(run.code_hash) == 16
     assert run.metrics["total_return"] == pytest.approx(res.metrics["total_return"])
     assert run.bars == len(minute_bars["AAPL"])
+
+
+def test_tearsheet_of_a_real_run_marks_every_fill(farm_home, minute_bars):
+    res = fk.backtest(TrackedCross, minute_bars)
+    fig = res.plot()
+    names = {trace.name: trace for trace in fig.data}
+    filled = res.orders[(res.orders.status == "filled") & (res.orders.symbol == "AAPL")]
+    assert len(names["buys"].x) == (filled.side == "buy").sum() > 0
+    assert len(names["sells"].x) == (filled.side == "sell").sum() > 0
+    path = res.to_html()
+    assert path == farm_home.home / "runs" / res.run_id / "tearsheet.html" and path.stat().st_size > 1_000_000

@@ -29,14 +29,14 @@ def fake_result(bars: int = 300, freq: str = "1D", fills_every: int = 50, seed: 
     for bar, side in zip(at, sides):
         position.iloc[bar:] += 100 if side == "buy" else -100
     orders = pd.DataFrame({
-        "symbol": "AAPL", "side": sides, "status": "completed", "executed_at": index[at],
+        "symbol": "AAPL", "side": sides, "status": "filled", "executed_at": index[at],
         "executed_price": close[at], "size": np.where(sides == "buy", 100.0, -100.0),
         "reason": ["sma cross" if i % 3 else None for i in range(len(at))],
     })
     # Orders that never filled, and a fill in another symbol: none of them belongs on the AAPL chart.
     noise = pd.DataFrame({
         "symbol": ["AAPL", "AAPL", "MSFT"], "side": ["buy", "sell", "buy"],
-        "status": ["cancelled", "rejected", "completed"],
+        "status": ["cancelled", "rejected", "filled"],
         "executed_at": [pd.NaT, pd.NaT, index[1]], "executed_price": [np.nan, np.nan, 50.0],
         "size": [10.0, -10.0, 10.0], "reason": [None, "margin", None],
     })
@@ -56,7 +56,7 @@ def traces(fig) -> dict:
 
 def completed(result, symbol="AAPL", side=None) -> pd.DataFrame:
     o = result.orders
-    rows = o[(o["status"] == "completed") & (o["symbol"] == symbol)]
+    rows = o[(o["status"] == "filled") & (o["symbol"] == symbol)]
     return rows if side is None else rows[rows["side"] == side]
 
 

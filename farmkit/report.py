@@ -47,11 +47,15 @@ _METRICS = {
     "calmar": ("Calmar ratio", "ratio"),
     "max_drawdown": ("Max drawdown", "percent"),
     "max_drawdown_duration_days": ("Max drawdown duration", "days"),
+    "max_drawdown_bars": ("Max drawdown duration (bars)", "count"),
     "trades": ("Trades", "count"),
     "win_rate": ("Win rate", "percent"),
     "profit_factor": ("Profit factor", "ratio"),
     "exposure": ("Exposure", "percent"),
-    "turnover": ("Turnover", "ratio"),
+    "turnover": ("Turnover (ann.)", "ratio"),
+    "psr": ("Probabilistic Sharpe", "percent"),
+    "dsr": ("Deflated Sharpe", "percent"),
+    "start_value": ("Start value", "money"),
     "final_value": ("Final value", "money"),
 }
 

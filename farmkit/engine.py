@@ -189,6 +189,12 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
     try:
         with _Progress(recorder, total, progress or settings.progress, strategy.__name__):
             strat = cerebro.run()[0]
+    except KeyboardInterrupt:
+        # Stopped by hand: keep what was recorded, and say so in the registry.
+        recorder.flush()
+        store.runs.upsert(run_id, status="interrupted", bars=recorder.bars,
+                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+        raise
     except Exception as exc:
         text = traceback.format_exc()
         failing = recorder.strategy is not None

@@ -220,3 +220,17 @@ def test_tearsheet_of_a_real_run_marks_every_fill(farm_home, minute_bars):
     assert len(names["sells"].x) == (filled.side == "sell").sum() > 0
     path = res.to_html()
     assert path == farm_home.home / "runs" / res.run_id / "tearsheet.html" and path.stat().st_size > 1_000_000
+
+
+class Interrupted(fk.Strategy):
+    def next(self):
+        if len(self) == 10:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_the_fmel_recorded_so_far(farm_home, minute_bars):
+    with pytest.raises(KeyboardInterrupt):
+        fk.backtest(Interrupted, minute_bars)
+    run = fk.runs().iloc[-1]
+    assert run.status == "interrupted" and run.bars == 9
+    assert len(fk.fmel.load(run.run_id)) == 9

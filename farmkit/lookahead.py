@@ -1,0 +1,184 @@
+"""Look-ahead check: does a strategy decide differently when the future is not there?
+
+A strategy that only uses the past makes the same decisions and tracks the same values on bar ``k``
+whether the data ends at bar ``k`` or goes on for a year. So: backtest once on all the data, backtest
+again on the data cut at a few points, and compare each truncated run, bar by bar, with the full run.
+
+>>> report = fk.lookahead.check_lookahead(SmaCross, bars, cuts=5, fast=5)
+>>> report.ok, report.first_bar
+>>> report.differences.head()
+>>> report.raise_if_leaky()          # in a notebook cell that gates a sweep
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from farmkit.data.bars import Bars, to_bars
+from farmkit.engine import backtest
+from farmkit.errors import FarmError, StrategyError
+from farmkit.fmel.stores import open_store
+from farmkit.settings import Settings
+
+COLUMNS = ["cut", "bar_number", "timestamp", "field", "full_value", "truncated_value"]
+_REL_TOL = _ABS_TOL = 1e-9
+
+
+class LookaheadError(FarmError, AssertionError):
+    """A strategy's decisions or tracked values depend on bars after the one being decided."""
+
+
+@dataclass(frozen=True)
+class LookaheadReport:
+    """What :func:`check_lookahead` found. ``cuts`` are the bar counts of the truncated runs;
+    ``differences`` has one row per (cut, bar, field) that differed from the full run."""
+
+    strategy: str
+    bars: int
+    cuts: tuple[int, ...]
+    differences: pd.DataFrame
+    full_run_id: str
+    truncated_run_ids: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.differences.empty
+
+    @property
+    def first_bar(self) -> int | None:
+        return None if self.ok else int(self.differences.bar_number.min())
+
+    @property
+    def first_timestamp(self) -> pd.Timestamp | None:
+        return None if self.ok else self._first.timestamp.iloc[0]
+
+    @property
+    def _first(self) -> pd.DataFrame:
+        first = self.differences[self.differences.bar_number == self.first_bar]
+        return first[first.cut == first.cut.min()]
+
+    def __str__(self) -> str:
+        cuts = ", ".join(map(str, self.cuts))
+        if self.ok:
+            return (f"{self.strategy}: no look-ahead found; decisions and tracked values on runs cut "
+                    f"after {cuts} of {self.bars} bars match the full run.")
+        first = self._first
+        fields = "; ".join(f"{r.field}: {_show(r.full_value)} with all the data, {_show(r.truncated_value)} "
+                           f"with the data cut after {r.cut} bars" for r in first.itertuples())
+        differing = ", ".join(dict.fromkeys(self.differences.field))
+        return (f"{self.strategy} looks ahead: at bar {self.first_bar} ({self.first_timestamp}) it differs "
+                f"when later bars are removed. {fields}. Over {len(self.differences)} difference(s), "
+                f"these differed: {differing}. report.differences lists them all.")
+
+    def _repr_html_(self) -> str:
+        table = "" if self.ok else self.differences.head(20).to_html(index=False)
+        return f"<p><b>{'OK' if self.ok else 'Look-ahead'}</b>: {html.escape(str(self))}</p>{table}"
+
+    def raise_if_leaky(self) -> "LookaheadReport":
+        """Raise :class:`LookaheadError` with the report's message if anything differed."""
+        if not self.ok:
+            raise LookaheadError(str(self))
+        return self
+
+
+def check_lookahead(strategy: type, data, *, cuts: int = 5, cash: float = 100_000.0, commission: float = 0.0,
+                    settings: Settings | None = None, **params) -> LookaheadReport:
+    """Backtest ``strategy`` on all of ``data`` and on ``cuts`` truncations of it (cut evenly between
+    20% and 95% of the bars, every symbol at the same timestamp), and report where its decisions
+    (action, symbol, size) or tracked values differ from the full run on the same bar.
+
+    >>> fk.lookahead.check_lookahead(SmaCross, bars, fast=5).raise_if_leaky()
+    """
+    bars = to_bars(data)
+    # A lookahead run must not take the id `farm backtest` queued for the notebook's own backtest.
+    settings = (settings or Settings.from_env()).replace(run_id=None)
+    store = open_store(settings.store)
+    run = dict(cash=cash, commission=commission, settings=settings, store=store,
+               agent_id=f"{strategy.__name__}/lookahead", **params)
+    full = backtest(strategy, bars, **run).fmel
+    clock = _clock(bars)
+    found, counts, run_ids = [], [], []
+    for n in _cut_points(bars, clock, cuts):
+        last = clock[n - 1]
+        part = Bars({s: f.iloc[: f.index.searchsorted(last, side="right")] for s, f in bars.items()})
+        try:
+            result = backtest(strategy, part, **run)
+            records, run_id = result.fmel, result.run_id
+        except StrategyError as exc:
+            # Raising only when the data is cut (e.g. reading close[1] on the last bar) is a look-ahead
+            # too; the bars before the error are still recorded and compared.
+            records, run_id = store.fmel(exc.run_id), exc.run_id
+            found.append((n, exc.bar_number, exc.timestamp, "error", None, str(exc).split(". FMEL")[0]))
+        counts.append(n)
+        run_ids.append(run_id)
+        found.extend(_compare(full, records, n))
+    differences = pd.DataFrame(found, columns=COLUMNS).sort_values(["bar_number", "cut"], kind="stable")
+    return LookaheadReport(strategy.__name__, len(full), tuple(counts), differences.reset_index(drop=True),
+                           str(full.run_id.iloc[0]) if len(full) else "", tuple(run_ids))
+
+
+def _clock(bars: Bars) -> pd.DatetimeIndex:
+    # backtrader steps once per distinct timestamp over all feeds: that is what a bar number counts.
+    index = pd.DatetimeIndex([])
+    for frame in bars.values():
+        index = index.union(frame.index)
+    return index
+
+
+def _cut_points(bars: Bars, clock: pd.DatetimeIndex, cuts: int) -> list[int]:
+    # Every symbol needs at least one bar in a truncated run, or the run has no feed to start from.
+    earliest = max(clock.searchsorted(f.index[0]) + 1 for f in bars.values())
+    points = np.linspace(0.2, 0.95, max(cuts, 1)) * len(clock)
+    return sorted({int(p) for p in points if earliest <= int(p) < len(clock)})
+
+
+def _compare(full: pd.DataFrame, truncated: pd.DataFrame, cut: int) -> list[tuple]:
+    out = []
+    head = full.set_index("bar_number")
+    # The last bar before the cut is compared like any other: decisions and tracked values are made from
+    # bars up to and including it, so only look-ahead can change them. Fills at the next open, which do
+    # differ there, are in `actions` and `positions`, which are not compared.
+    for row in truncated.itertuples(index=False):
+        ref = head.loc[row.bar_number]
+        if row.decisions != ref.decisions:
+            mine, theirs = _decisions(row.decisions), _decisions(ref.decisions)
+            if not _same(mine, theirs):
+                out.append((cut, row.bar_number, ref.timestamp, "decisions", theirs, mine))
+        if row.strategy_state != ref.strategy_state:
+            mine, theirs = _tracked(row.strategy_state), _tracked(ref.strategy_state)
+            for name in dict.fromkeys([*theirs, *mine]):
+                if not _same(theirs.get(name), mine.get(name)):
+                    out.append((cut, row.bar_number, ref.timestamp, f"tracked.{name}",
+                                theirs.get(name), mine.get(name)))
+    return out
+
+
+def _decisions(text) -> list:
+    # The free-text reason, confidence and order refs are left out: refs come from a process-wide counter.
+    return [[d.get("action"), d.get("symbol"), d.get("size")] for d in (json.loads(text) if text else [])]
+
+
+def _tracked(text) -> dict:
+    return (json.loads(text) or {}).get("tracked") or {} if text else {}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _show(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else json.dumps(value, default=str)

@@ -12,6 +12,7 @@ from farmkit.errors import FarmError
 _EPILOG = """examples:
   farm backtest notebooks/strategies/sma_crossover.ipynb
   farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50 -p symbols AAPL,MSFT
+  farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross
   farm runs                      # recent runs with their metrics
   farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
 
@@ -35,6 +36,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a parameter (repeatable); values take the type of the notebook's default")
     bt.add_argument("--no-progress", action="store_true", help="no cell progress bar")
     bt.set_defaults(handler=_backtest)
+
+    pr = sub.add_parser("promote", help="turn a research notebook into a verified agent under agents/",
+                        description="Copy the notebook to agents/NAME/agent.ipynb (outputs stripped) with an "
+                        "agent.yaml manifest, then run both and check that they take identical decisions.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross")
+    pr.add_argument("notebook")
+    pr.add_argument("--name", required=True, help="agent name: lowercase letters, digits and dashes")
+    pr.add_argument("--agents-dir", default="agents", help="where agents live (default agents/)")
+    pr.add_argument("--force", action="store_true", help="replace an existing agent of that name")
+    pr.set_defaults(handler=_promote)
 
     runs = sub.add_parser("runs", help="list recent runs with their metrics")
     runs.add_argument("-n", type=int, default=20, help="how many (default 20)")
@@ -71,6 +83,16 @@ def _backtest(args) -> int:
     if result.tearsheet:
         print(f"tearsheet:         {result.tearsheet}")
     print(f"explain a bar:     farm explain {result.run_id} --bar N")
+    return 0
+
+
+def _promote(args) -> int:
+    from farmkit.promote import promote
+    print(f"Promoting {args.notebook} to {args.agents_dir}/{args.name} (runs it twice to verify)...", file=sys.stderr)
+    agent = promote(args.notebook, args.name, agents_dir=args.agents_dir, force=args.force)
+    check = agent.manifest.get("verification", {})
+    print(f"agent {agent.name} at {agent.path}: strategy {agent.manifest.get('strategy')}, "
+          f"{check.get('bars')} bars of decisions verified identical (sha256 {str(check.get('decisions_sha256'))[:12]})")
     return 0
 
 

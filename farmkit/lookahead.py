@@ -4,7 +4,8 @@ A strategy that only uses the past makes the same decisions and tracks the same 
 whether the data ends at bar ``k`` or goes on for a year. So: backtest once on all the data, backtest
 again on the data cut at a few points, and compare each truncated run, bar by bar, with the full run.
 
->>> report = fk.lookahead.check_lookahead(SmaCross, bars, cuts=5, fast=5)
+>>> from farmkit.lookahead import check_lookahead
+>>> report = check_lookahead(SmaCross, bars, cuts=5, fast=5)
 >>> report.ok, report.first_bar
 >>> report.differences.head()
 >>> report.raise_if_leaky()          # in a notebook cell that gates a sweep
@@ -93,7 +94,7 @@ def check_lookahead(strategy: type, data, *, cuts: int = 5, cash: float = 100_00
     20% and 95% of the bars, every symbol at the same timestamp), and report where its decisions
     (action, symbol, size) or tracked values differ from the full run on the same bar.
 
-    >>> fk.lookahead.check_lookahead(SmaCross, bars, fast=5).raise_if_leaky()
+    >>> check_lookahead(SmaCross, bars, fast=5).raise_if_leaky()
     """
     bars = to_bars(data)
     # A lookahead run must not take the id `farm backtest` queued for the notebook's own backtest.
@@ -114,19 +115,24 @@ def check_lookahead(strategy: type, data, *, cuts: int = 5, cash: float = 100_00
             # Raising only when the data is cut (e.g. reading close[1] on the last bar) is a look-ahead
             # too; the bars before the error are still recorded and compared.
             records, run_id = store.fmel(exc.run_id), exc.run_id
-            found.append((n, exc.bar_number, exc.timestamp, "error", None, str(exc).split(". FMEL")[0]))
+            bar = exc.bar_number if exc.bar_number is not None else 0   # None: raised before the first bar
+            found.append((n, bar, exc.timestamp, "error", None, str(exc).split(". FMEL")[0]))
         counts.append(n)
         run_ids.append(run_id)
         found.extend(_compare(full, records, n))
-    differences = pd.DataFrame(found, columns=COLUMNS).sort_values(["bar_number", "cut"], kind="stable")
+    # dtype=object keeps a null tracked value None instead of pandas turning it into NaN.
+    differences = pd.DataFrame(found, columns=COLUMNS, dtype=object).astype({"cut": "int64", "bar_number": "int64"})
+    differences["timestamp"] = pd.to_datetime(differences.timestamp, utc=True)
+    differences = differences.sort_values(["bar_number", "cut"], kind="stable")
     return LookaheadReport(strategy.__name__, len(full), tuple(counts), differences.reset_index(drop=True),
                            str(full.run_id.iloc[0]) if len(full) else "", tuple(run_ids))
 
 
 def _clock(bars: Bars) -> pd.DatetimeIndex:
     # backtrader steps once per distinct timestamp over all feeds: that is what a bar number counts.
-    index = pd.DatetimeIndex([])
-    for frame in bars.values():
+    frames = list(bars.values())
+    index = frames[0].index
+    for frame in frames[1:]:
         index = index.union(frame.index)
     return index
 
@@ -140,22 +146,21 @@ def _cut_points(bars: Bars, clock: pd.DatetimeIndex, cuts: int) -> list[int]:
 
 def _compare(full: pd.DataFrame, truncated: pd.DataFrame, cut: int) -> list[tuple]:
     out = []
-    head = full.set_index("bar_number")
+    pairs = truncated[["bar_number", "decisions", "strategy_state"]].merge(
+        full[["bar_number", "timestamp", "decisions", "strategy_state"]], on="bar_number", suffixes=("", "_full"))
     # The last bar before the cut is compared like any other: decisions and tracked values are made from
     # bars up to and including it, so only look-ahead can change them. Fills at the next open, which do
-    # differ there, are in `actions` and `positions`, which are not compared.
-    for row in truncated.itertuples(index=False):
-        ref = head.loc[row.bar_number]
-        if row.decisions != ref.decisions:
-            mine, theirs = _decisions(row.decisions), _decisions(ref.decisions)
-            if not _same(mine, theirs):
-                out.append((cut, row.bar_number, ref.timestamp, "decisions", theirs, mine))
-        if row.strategy_state != ref.strategy_state:
-            mine, theirs = _tracked(row.strategy_state), _tracked(ref.strategy_state)
-            for name in dict.fromkeys([*theirs, *mine]):
-                if not _same(theirs.get(name), mine.get(name)):
-                    out.append((cut, row.bar_number, ref.timestamp, f"tracked.{name}",
-                                theirs.get(name), mine.get(name)))
+    # differ there, are in `actions` and `performance`, which are not compared. Identical JSON text is
+    # the common case and needs no parsing.
+    changed = ((pairs.decisions != pairs.decisions_full) | (pairs.strategy_state != pairs.strategy_state_full))
+    for row in pairs[changed].itertuples(index=False):
+        mine, theirs = _decisions(row.decisions), _decisions(row.decisions_full)
+        if not _same(mine, theirs):
+            out.append((cut, row.bar_number, row.timestamp, "decisions", theirs, mine))
+        mine, theirs = _tracked(row.strategy_state), _tracked(row.strategy_state_full)
+        for name in dict.fromkeys([*theirs, *mine]):
+            if not _same(theirs.get(name), mine.get(name)):
+                out.append((cut, row.bar_number, row.timestamp, f"tracked.{name}", theirs.get(name), mine.get(name)))
     return out
 
 

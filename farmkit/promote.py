@@ -236,7 +236,7 @@ def _type_name(value) -> str:
 
 
 def _dump(manifest: dict) -> str:
-    text = yaml.safe_dump(manifest, sort_keys=False, default_flow_style=None, width=120)
+    text = yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False, width=120)
     # safe_dump writes no comments: put the warm-up rule above its key, where a reader looks for it.
     text = text.replace("\nwarmup_bars:", f"\n# {_WARMUP_RULE}\nwarmup_bars:", 1)
     return f"# farmkit agent manifest: agent.ipynb is the notebook to run, verified against its source\n{text}"

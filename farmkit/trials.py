@@ -9,7 +9,9 @@ Every Sharpe ratio here is per day (mean over standard deviation of daily return
 and all Sharpe ratios of a family must be on that same scale: the registry stores the annualised
 Sharpe (times sqrt(252)), so :func:`family` divides it back.
 
->>> fam = trials.family(store, "SmaCross", res_code_hash)
+>>> from farmkit import trials
+>>> run = fk.runs().set_index("run_id").loc[res.run_id]
+>>> fam = trials.family(res.store, run.strategy, run.code_hash)
 >>> n, variance = trials.family_stats(fam["sharpe_daily"])
 >>> trials.honest_metrics(res.equity, n, variance)["dsr"]
 """
@@ -31,7 +33,7 @@ _NAN = float("nan")
 def family(store, strategy: str, code_hash: str) -> pd.DataFrame:
     """The finished runs (status ``done``) of one family, with a ``sharpe_daily`` column.
 
-    >>> trials.family(res.store, "SmaCross", fk.runs().code_hash.iloc[-1])
+    >>> trials.family(res.store, "SmaCross", run.code_hash).sharpe_daily.describe()
     """
     frame = store.runs.frame("WHERE strategy = ? AND code_hash = ? AND status = 'done'", (strategy, code_hash))
     annual = frame["metrics"].map(lambda m: m.get("sharpe") if isinstance(m, dict) else None)

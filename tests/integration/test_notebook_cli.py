@@ -79,3 +79,13 @@ def test_explain_and_runs_commands(farm_home, capsys, minute_bars):
     assert "bar 30" in out and "slow" in out and "equity" in out
     assert cli.main(["explain", res.run_id, "--bar", "999999"]) == 1
     assert "has no bar 999999" in capsys.readouterr().err
+
+
+def test_farm_promote_command(farm_home, tmp_path, capsys):
+    agents = tmp_path / "agents"
+    code = cli.main(["promote", str(SMA), "--name", "sma-cross", "--agents-dir", str(agents)])
+    assert code == 0, capsys.readouterr().err
+    assert "verified identical" in capsys.readouterr().out
+    assert (agents / "sma-cross" / "agent.ipynb").exists() and (agents / "sma-cross" / "agent.yaml").exists()
+    assert cli.main(["promote", str(SMA), "--name", "sma-cross", "--agents-dir", str(agents)]) == 1
+    assert "already exists" in capsys.readouterr().err

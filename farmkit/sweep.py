@@ -1,0 +1,247 @@
+"""Parameter sweeps: one full, FMEL-recorded backtest per grid point, in parallel, deflated at the end.
+
+>>> from farmkit.sweep import sweep
+>>> res = sweep(SmaCross, bars, {"fast": [5, 10, 20], "slow": [30, 60]}, workers=4)
+>>> res.table.sort_values("dsr").tail(); res.best("sharpe"); res.plot("sharpe")
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import backtrader as bt
+import pandas as pd
+
+from farmkit import trials
+from farmkit.data.bars import to_bars
+from farmkit.engine import backtest, check_params, new_run_id
+from farmkit.errors import ParameterError
+from farmkit.fmel.stores import open_store
+from farmkit.settings import Settings
+
+_HONEST = ["sharpe_daily", "skew", "kurtosis", "days", "psr", "dsr", "min_track_record_days"]
+
+
+@dataclass
+class SweepResult:
+    """The trials of one sweep: ``table`` has one row per trial (grid parameters, ``run_id``,
+    ``status``, ``error``, the metrics of ``fk.backtest`` and ``psr``/``dsr`` deflated over this
+    sweep's done trials). ``interrupted`` is True when the sweep was stopped with Ctrl-C."""
+
+    sweep_id: str
+    strategy: str
+    params: list[str]
+    table: pd.DataFrame
+    interrupted: bool = False
+    store: object = field(default=None, repr=False)
+
+    def best(self, metric: str = "sharpe") -> pd.Series:
+        """The done trial with the highest ``metric``, e.g. ``res.best("dsr").run_id``."""
+        done = self.table[self.table["status"] == "done"]
+        if metric not in self.table.columns:
+            raise KeyError(f"no metric {metric!r}; the table has: {', '.join(self.table.columns)}")
+        ranked = pd.to_numeric(done[metric], errors="coerce").dropna()
+        if ranked.empty:
+            raise ValueError(f"no done trial of sweep {self.sweep_id} has a {metric}")
+        return done.loc[ranked.idxmax()]
+
+    def plot(self, metric: str = "sharpe"):
+        """A heatmap of ``metric`` over two grid parameters, bars over one, parallel coordinates
+        over more. Failed trials are left out."""
+        import plotly.graph_objects as go
+
+        done = self.table[self.table["status"] == "done"]
+        title = f"{self.strategy} sweep {self.sweep_id}: {metric}"
+        if len(self.params) == 1:
+            (p,) = self.params
+            fig = go.Figure(go.Bar(x=done[p].astype(str), y=done[metric], name=metric))
+            fig.update_layout(xaxis_title=p, yaxis_title=metric)
+        elif len(self.params) == 2:
+            y, x = self.params
+            grid = done.pivot_table(index=y, columns=x, values=metric, aggfunc="first")
+            fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=[str(v) for v in grid.columns],
+                                       y=[str(v) for v in grid.index], colorbar_title=metric))
+            fig.update_layout(xaxis_title=x, yaxis_title=y)
+        else:
+            fig = go.Figure(go.Parcoords(line=dict(color=done[metric], colorscale="Viridis", showscale=True),
+                                         dimensions=[_dimension(done[p], p) for p in self.params]
+                                         + [dict(label=metric, values=done[metric])]))
+        return fig.update_layout(title=title)
+
+    def _repr_html_(self) -> str:
+        state = " (interrupted)" if self.interrupted else ""
+        return f"<b>{self.strategy}</b> sweep <code>{self.sweep_id}</code>{state}" + self.table.to_html()
+
+
+def _dimension(values: pd.Series, label: str) -> dict:
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return dict(label=label, values=values)
+    # Parallel coordinates need numbers: strings and booleans become category codes with their names.
+    codes, names = pd.factorize(values.astype(str), sort=True)
+    return dict(label=label, values=codes, tickvals=list(range(len(names))), ticktext=list(names))
+
+
+def grid_points(strategy: type, grid: dict, fixed: dict) -> list[dict]:
+    """Every combination of the grid, each checked like ``fk.backtest`` checks its parameters."""
+    if not grid:
+        raise ParameterError("the grid is empty; give lists of values, e.g. {'fast': [5, 10]}, "
+                             "or use fk.backtest for a single run")
+    for name, values in grid.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ParameterError(f"grid[{name!r}] must be a list of values, got {values!r}; "
+                                 f"write {name!r}: [{values!r}]")
+    grid = {name: list(values) for name, values in grid.items()}  # ranges and generators too
+    empty = [name for name, values in grid.items() if not values]
+    if empty:
+        raise ParameterError(f"grid[{empty[0]!r}] is empty; give at least one value")
+    both = sorted(set(grid) & set(fixed))
+    if both:
+        raise ParameterError(f"{', '.join(both)} given both in the grid and as a fixed parameter")
+    names = list(grid)
+    points = [dict(zip(names, combo)) for combo in itertools.product(*grid.values())]
+    for point in points:
+        check_params(strategy, {**fixed, **point})
+    return points
+
+
+# What each worker needs for every trial: set once per process by the pool initializer.
+_JOB: dict = {}
+
+
+def _init_worker(job: dict, in_pool: bool) -> None:
+    if in_pool:
+        # Ctrl-C reaches the whole process group; only the parent decides what to do with it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A store of its own: nothing opened before the fork is shared between processes.
+        job = {**job, "store": open_store(job["settings"].store)}
+    _JOB.clear()
+    _JOB.update(job)
+
+
+def _run_trial(params: dict) -> tuple[dict, str | None, dict, str | None]:
+    """One trial; returns only plain values so that memory does not grow with the sweep."""
+    job = _JOB
+    run_id, metrics, error = None, {}, None
+    try:
+        res = backtest(job["strategy"], job["bars"], cash=job["cash"], commission=job["commission"],
+                       settings=job["settings"], store=job["store"], progress="off", **job["fixed"], **params)
+        run_id, metrics = res.run_id, {**res.metrics, **trials.daily_stats(res.equity)}
+    except Exception as exc:  # recorded in the table: one bad grid point must not end the sweep
+        run_id = getattr(exc, "run_id", None)
+        error = f"{type(exc).__name__}: {exc}"
+    if run_id is not None:
+        job["store"].runs.upsert(run_id, sweep_id=job["sweep_id"])
+    return params, run_id, metrics, error
+
+
+def _pool(workers: int, job: dict) -> ProcessPoolExecutor:
+    # fork, not spawn: a strategy class defined in a notebook lives in __main__, which a spawned
+    # worker cannot import; a forked one inherits it, and the bars, without pickling either.
+    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(job, True))
+
+
+def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash: float = 100_000.0,
+          commission: float = 0.0, settings: Settings | None = None, progress: bool | None = None,
+          sweep_id: str | None = None, **fixed) -> SweepResult:
+    """Backtest ``strategy`` at every point of ``grid`` (all combinations), each as a full
+    ``fk.backtest`` registered under one ``sweep_id``. Extra keyword arguments are parameters that
+    stay fixed. Failing trials are recorded in the table; Ctrl-C returns the finished trials.
+
+    >>> res = sweep(SmaCross, bars, {"fast": [5, 10], "slow": [30, 60]}, workers=2, commission=0.0005)
+    >>> res.best("sharpe")
+    """
+    if not (isinstance(strategy, type) and issubclass(strategy, bt.Strategy)):
+        raise TypeError(f"strategy must be a backtrader Strategy class, got {strategy!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    points = grid_points(strategy, grid, fixed)
+    bars = to_bars(data)
+    settings = settings or Settings.from_env()
+    # FARM_RUN_ID names one notebook run; trials in several processes must not race to claim it.
+    trial_settings = settings.replace(run_id=None)
+    sweep_id = sweep_id or new_run_id("sweep")
+    store = open_store(settings.store)
+    job = dict(strategy=strategy, bars=bars, cash=float(cash), commission=float(commission),
+               settings=trial_settings, store=store, fixed=fixed, sweep_id=sweep_id)
+    show = progress if progress is not None else settings.progress != "off"
+    bar = _progress_bar(len(points), strategy.__name__, show)
+    rows: dict[int, tuple] = {}
+
+    def collect(i: int, outcome: tuple) -> None:
+        rows[i] = outcome
+        _advance(bar, outcome)
+
+    interrupted = False
+    try:
+        if workers == 1:
+            _init_worker(job, in_pool=False)
+            for i, point in enumerate(points):
+                collect(i, _run_trial(point))
+        else:
+            _run_pool(points, min(workers, len(points)), job, collect)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+    table = _table([rows[i] for i in sorted(rows)], list(grid))
+    return SweepResult(sweep_id=sweep_id, strategy=strategy.__name__, params=list(grid), table=table,
+                       interrupted=interrupted, store=store)
+
+
+def _run_pool(points: list[dict], workers: int, job: dict, collect) -> None:
+    pool = _pool(workers, job)
+    futures = {pool.submit(_run_trial, point): i for i, point in enumerate(points)}
+    collected = set()
+    try:
+        for future in as_completed(futures):
+            collect(futures[future], future.result())
+            collected.add(future)
+    finally:
+        # On Ctrl-C queued trials are dropped and running ones finish, so that no run is left
+        # half-written in the registry; those that finished meanwhile are kept too.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, i in futures.items():
+            if future not in collected and future.done() and not future.cancelled() \
+                    and future.exception() is None:
+                collect(i, future.result())
+
+
+def _progress_bar(total: int, label: str, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
+    return tqdm(total=total, desc=f"sweep {label}", unit="trial")
+
+
+def _advance(bar, outcome) -> None:
+    if bar is None:
+        return
+    sharpe = outcome[2].get("sharpe", math.nan)
+    if not math.isnan(sharpe) and sharpe > getattr(bar, "best_sharpe", -math.inf):
+        bar.best_sharpe = sharpe
+        bar.set_postfix(best_sharpe=f"{sharpe:.2f}", refresh=False)
+    bar.update(1)
+
+
+def _table(outcomes: list[tuple], names: list[str]) -> pd.DataFrame:
+    records = [{**{n: params[n] for n in names}, "run_id": run_id, "status": "failed" if error else "done",
+                "error": error, **metrics} for params, run_id, metrics, error in outcomes]
+    table = pd.DataFrame.from_records(records, columns=None if records else names + ["run_id", "status", "error"])
+    for column in _HONEST[:4]:
+        if column not in table.columns:
+            table[column] = math.nan
+    done = table["status"] == "done"
+    n_trials, variance = trials.family_stats(table.loc[done, "sharpe_daily"])
+    deflated = [trials.deflate(row, n_trials, variance) if ok else {}
+                for ok, row in zip(done, table[_HONEST[:4]].to_dict("records"))]
+    extra = pd.DataFrame.from_records(deflated, index=table.index, columns=_HONEST[4:])
+    return pd.concat([table, extra.astype("float64")], axis=1)

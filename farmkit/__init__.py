@@ -12,13 +12,15 @@ from farmkit import data, fmel
 from farmkit.data.bars import Bars
 from farmkit.engine import backtest
 from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
+from farmkit.lookahead import LookaheadReport, check_lookahead
 from farmkit.result import BacktestResult
 from farmkit.settings import Settings
 from farmkit.strategy import Strategy
+from farmkit.sweep import SweepResult, sweep
 
 runs = fmel.runs
 
 __all__ = [
-    "BacktestResult", "Bars", "DataError", "FarmError", "ParameterError", "Settings", "Strategy",
-    "StrategyError", "backtest", "data", "fmel", "runs",
+    "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Settings",
+    "Strategy", "StrategyError", "SweepResult", "backtest", "check_lookahead", "data", "fmel", "runs", "sweep",
 ]

@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import marshal
+import math
 import secrets
 import threading
 import time
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 import farmkit
+from farmkit import metrics as _metrics
+from farmkit import trials
 from farmkit.data.bars import Bars, to_bars
 from farmkit.errors import ParameterError, StrategyError
 from farmkit.feeds import HistoryFeed
@@ -175,12 +178,13 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
     store = store or open_store(settings.store)
     run_id, claimed = _claim_run_id(settings, store)
     agent_id = agent_id or strategy.__name__
+    code = code_hash(strategy)
     started = time.time()
     store.runs.upsert(run_id, agent_id=agent_id, strategy=strategy.__name__, mode="backtest", status="running",
                       params={k: _plain(v) for k, v in params.items()},
                       params_hash=hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()
                                                  ).hexdigest()[:16],
-                      data_fingerprint=bars.fingerprint(), code_hash=code_hash(strategy),
+                      data_fingerprint=bars.fingerprint(), code_hash=code,
                       farmkit_version=farmkit.__version__, started_at=pd.Timestamp(started, unit="s", tz="UTC"))
 
     recorder = FmelRecorder(run_id, agent_id, mode="backtest", sink=store.write_fmel)
@@ -197,10 +201,9 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
         raise
     except Exception as exc:
         text = traceback.format_exc()
-        failing = recorder.strategy is not None
-        bar = recorder.on_error(exc, text) if failing else None
+        bar = recorder.on_error(exc, text) if recorder.strategy is not None else None
         when = (pd.Timestamp(recorder.timestamps[-1] - 719163.0, unit="D", tz="UTC").round("ms")
-                if failing and len(recorder.timestamps) else None)
+                if bar is not None else None)
         recorder.flush()
         store.runs.upsert(run_id, status="failed", error=text, failed_bar=bar, bars=recorder.bars,
                           finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
@@ -213,11 +216,23 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
     result = BacktestResult.from_run(run_id=run_id, agent_id=agent_id, strategy=strategy.__name__,
                                      params=params, bars=bars, recorder=recorder, store=store,
                                      broker=strat.broker)
+    result.metrics.update(_honest_metrics(store, strategy.__name__, code, result))
     store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.bars,
                       finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
     if claimed:  # run by `farm backtest`: keep the tearsheet with the run's other artifacts
         result.to_html()
     return result
+
+
+def _honest_metrics(store, strategy: str, code: str, result) -> dict:
+    """PSR, DSR and minimum track record of this run as one more trial of its strategy family
+    (same strategy name and code hash): every backtest counts, whatever started it."""
+    family = trials.family(store, strategy, code)
+    sharpe_daily = result.metrics.get("sharpe", float("nan")) / math.sqrt(_metrics.TRADING_DAYS)
+    n_trials, variance = trials.family_stats([*family["sharpe_daily"], sharpe_daily])
+    honest = trials.honest_metrics(result.equity, n_trials, variance)
+    return {"psr": honest["psr"], "dsr": honest["dsr"], "min_track_record_days": honest["min_track_record_days"],
+            "trials": n_trials}
 
 
 def build_cerebro(strategy: type, bars: Bars, broker: BrokerConfig, recorder: FmelRecorder,

@@ -55,6 +55,8 @@ _METRICS = {
     "turnover": ("Turnover (ann.)", "ratio"),
     "psr": ("Probabilistic Sharpe", "percent"),
     "dsr": ("Deflated Sharpe", "percent"),
+    "trials": ("Trials in strategy family", "count"),
+    "min_track_record_days": ("Min track record (95%)", "days"),
     "start_value": ("Start value", "money"),
     "final_value": ("Final value", "money"),
 }

@@ -244,4 +244,6 @@ def _table(outcomes: list[tuple], names: list[str]) -> pd.DataFrame:
     deflated = [trials.deflate(row, n_trials, variance) if ok else {}
                 for ok, row in zip(done, table[_HONEST[:4]].to_dict("records"))]
     extra = pd.DataFrame.from_records(deflated, index=table.index, columns=_HONEST[4:])
+    # Each run's own figures deflate against its whole family; here the sweep is the family in view.
+    table = table.drop(columns=[c for c in (*_HONEST[4:], "trials") if c in table.columns])
     return pd.concat([table, extra.astype("float64")], axis=1)

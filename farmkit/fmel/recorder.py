@@ -183,8 +183,11 @@ class FmelRecorder:
             "bars_held": trade.barlen,
         })
 
-    def on_error(self, exc: BaseException, traceback_text: str) -> int:
-        """Record the bar on which the strategy raised, with the error; returns its bar number."""
+    def on_error(self, exc: BaseException, traceback_text: str) -> int | None:
+        """Record the bar on which the strategy raised, with the error; returns its bar number, or
+        None when it raised before its first bar (then there is no bar to record)."""
+        if not len(self.strategy) or not math.isfinite(self._dtline[0]):
+            return None
         bar = self.bars
         self.on_bar()
         self.errors[bar] = {"action": "error", "symbol": None, "size": None,

@@ -234,3 +234,33 @@ def test_ctrl_c_keeps_the_fmel_recorded_so_far(farm_home, minute_bars):
     run = fk.runs().iloc[-1]
     assert run.status == "interrupted" and run.bars == 9
     assert len(fk.fmel.load(run.run_id)) == 9
+
+
+def test_every_backtest_is_a_trial_of_its_family(farm_home):
+    bars = fk.data.synthetic("AAPL", days=12, seed=3)
+    first = fk.backtest(TrackedCross, bars, fast=3)
+    second = fk.backtest(TrackedCross, bars, fast=7)
+    other = fk.backtest(PlainSmaCross, bars)
+    assert first.metrics["trials"] == 1 and second.metrics["trials"] == 2 and other.metrics["trials"] == 1
+    # One trial: nothing was selected, so the deflated Sharpe is the probabilistic one.
+    assert first.metrics["dsr"] == pytest.approx(first.metrics["psr"])
+    assert 0.0 <= second.metrics["dsr"] <= 1.0 and 0.0 <= second.metrics["psr"] <= 1.0
+    assert second.metrics["dsr"] <= second.metrics["psr"] + 1e-12  # deflating never helps
+
+
+class BrokenInit(fk.Strategy):
+    def __init__(self):
+        raise ValueError("bad setup")
+
+
+class BrokenStart(fk.Strategy):
+    def start(self):
+        raise ValueError("bad start")
+
+
+@pytest.mark.parametrize("strategy,message", [(BrokenInit, "bad setup"), (BrokenStart, "bad start")])
+def test_strategy_failing_before_its_first_bar_says_so(farm_home, minute_bars, strategy, message):
+    with pytest.raises(fk.StrategyError, match=f"ValueError: {message} before the first bar"):
+        fk.backtest(strategy, minute_bars)
+    run = fk.runs().iloc[-1]
+    assert run.status == "failed" and message in run.error and run.bars == 0

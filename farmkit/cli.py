@@ -12,6 +12,7 @@ from farmkit.errors import FarmError
 _EPILOG = """examples:
   farm backtest notebooks/strategies/sma_crossover.ipynb
   farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50 -p symbols AAPL,MSFT
+  farm sweep notebooks/strategies/sma_crossover.ipynb --grid fast=5,10 --grid slow=30,60 --workers 2
   farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross
   farm runs                      # recent runs with their metrics
   farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
@@ -36,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a parameter (repeatable); values take the type of the notebook's default")
     bt.add_argument("--no-progress", action="store_true", help="no cell progress bar")
     bt.set_defaults(handler=_backtest)
+
+    sw = sub.add_parser("sweep", help="run a notebook over a parameter grid (one papermill run per trial)",
+                        description="Every grid point is a full backtest of the notebook, registered under one "
+                        "sweep id; the trial table is printed and saved to FARM_HOME/sweeps/SWEEP_ID/trials.csv.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  farm sweep notebooks/strategies/sma_crossover.ipynb "
+                        "--grid fast=5,10,20 --grid slow=50,100 --workers 2")
+    sw.add_argument("notebook")
+    sw.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...", required=True,
+                    help="a parameter and its values (repeatable)")
+    sw.add_argument("--workers", type=int, default=1, help="trials run at once (default 1)")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(handler=_sweep)
 
     pr = sub.add_parser("promote", help="turn a research notebook into a verified agent under agents/",
                         description="Copy the notebook to agents/NAME/agent.ipynb (outputs stripped) with an "
@@ -84,6 +98,28 @@ def _backtest(args) -> int:
         print(f"tearsheet:         {result.tearsheet}")
     print(f"explain a bar:     farm explain {result.run_id} --bar N")
     return 0
+
+
+def _sweep(args) -> int:
+    from farmkit import notebooks
+    from farmkit.errors import ParameterError
+    grid = {}
+    for item in args.grid:
+        name, sep, values = item.partition("=")
+        if not sep or not name:
+            raise ParameterError(f"--grid expects NAME=V1,V2,... (e.g. fast=5,10,20), got {item!r}")
+        grid[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+    sweep_id, table = notebooks.sweep(args.notebook, grid, workers=args.workers, progress=not args.no_progress)
+    shown = [c for c in [*grid, "status", "sharpe", "total_return", "max_drawdown", "trades", "run_id"]
+             if c in table.columns]
+    print(f"sweep {sweep_id}: {len(table)} trials, {int((table.status == 'done').sum())} done")
+    with pd.option_context("display.width", 160):
+        print(table[shown].sort_values("sharpe", ascending=False, na_position="last").to_string(index=False)
+              if "sharpe" in table else table[shown].to_string(index=False))
+    failed = table[table.status != "done"]
+    for row in failed.itertuples():
+        print(f"failed: {row.error}", file=sys.stderr)
+    return 0 if failed.empty else 1
 
 
 def _promote(args) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import itertools
+import multiprocessing
 import os
 import time
 from contextlib import contextmanager
@@ -18,7 +20,11 @@ from farmkit.settings import Settings
 
 
 class NotebookError(FarmError, RuntimeError):
-    """A notebook could not be run, or one of its cells raised."""
+    """A notebook could not be run, or one of its cells raised. ``run_id`` names the failed run."""
+
+    def __init__(self, message: str, run_id: str | None = None):
+        self.run_id = run_id
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ def _environment(**values):
 
 
 def run(path: str | Path, params: dict | None = None, *, settings: Settings | None = None,
-        store=None, progress: bool = True) -> NotebookRun:
+        store=None, progress: bool = True, sweep_id: str | None = None) -> NotebookRun:
     """Run a strategy notebook as a backtest under papermill.
 
     The run is registered before the notebook starts (its first ``fk.backtest`` takes the id); the
@@ -138,7 +144,8 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
     output = out_dir / "notebook.ipynb"
     started = time.time()
     store.runs.upsert(run_id, agent_id=path.stem, strategy=path.stem, mode="backtest", status="queued",
-                      params=params, notebook=str(path), started_at=pd.Timestamp(started, unit="s", tz="UTC"))
+                      params=params, notebook=str(path), sweep_id=sweep_id,
+                      started_at=pd.Timestamp(started, unit="s", tz="UTC"))
     try:
         with _environment(FARM_RUN_ID=run_id, FARM_HOME=settings.home, FARM_STORE=settings.store,
                           FARM_PROGRESS="off"):
@@ -151,12 +158,13 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
         error = (row.get("error") or "") + ("\n" if row.get("error") else "") + message
         store.runs.upsert(run_id, status="failed", error=error,
                           finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
-        raise NotebookError(f"{message}\nrun {run_id} is recorded as failed; the executed notebook is {output}") from None
+        raise NotebookError(f"{message}\nrun {run_id} is recorded as failed; the executed notebook is {output}",
+                            run_id=run_id) from None
     except Exception as exc:  # the kernel died, could not start, ...: still a failed run, said plainly
         store.runs.upsert(run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
                           finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
         raise NotebookError(f"{path} could not be run: {type(exc).__name__}: {exc}; run {run_id} is "
-                            "recorded as failed") from exc
+                            "recorded as failed", run_id=run_id) from exc
     row = store.runs.get(run_id) or {}
     if row.get("status") == "queued":  # the notebook ran no fk.backtest: nothing was measured
         store.runs.upsert(run_id, status="done", finished_at=pd.Timestamp.now(tz="UTC"),
@@ -167,3 +175,69 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
     tearsheet = out_dir / "tearsheet.html"
     return NotebookRun(run_id=run_id, status=row["status"], output=output,
                        tearsheet=tearsheet if tearsheet.exists() else None, run=row)
+
+
+def grid_points(path: str | Path, grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, checked and typed against the notebook's parameters."""
+    defaults = parameters(path)
+    if not grid:
+        raise ParameterError("the grid is empty: give at least one --grid NAME=V1,V2")
+    for name, values in grid.items():
+        if not values:
+            raise ParameterError(f"grid parameter {name} has no values")
+    names = list(grid)
+    return [coerce(dict(zip(names, combo)), defaults, path) for combo in itertools.product(*grid.values())]
+
+
+def _trial(path: str, params: dict, settings: Settings, sweep_id: str) -> dict:
+    row = {**params, "run_id": None, "status": "failed", "error": None}
+    try:
+        result = run(path, params, settings=settings, progress=False, sweep_id=sweep_id)
+        row.update(run_id=result.run_id, status=result.status, **(result.run.get("metrics") or {}))
+    except NotebookError as exc:
+        row.update(error=str(exc).splitlines()[0], run_id=exc.run_id)
+    return row
+
+
+def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings: Settings | None = None,
+          progress: bool = True) -> tuple[str, pd.DataFrame]:
+    """Run a notebook once per grid point (one papermill run, one registered run each) under one
+    sweep id; returns ``(sweep_id, table)``. A failing trial is a row with its error; the rest go on.
+
+    >>> sweep_id, table = sweep("notebooks/strategies/sma_crossover.ipynb", {"fast": [5, 10], "slow": [30, 60]})
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    points = grid_points(path, grid)
+    settings = (settings or Settings.from_env()).replace(run_id=None)
+    sweep_id = new_run_id("sw")
+    rows: list[dict] = []
+    bar = tqdm(total=len(points), unit="trial", desc=f"sweep {Path(path).stem}", disable=not progress)
+    # Each trial starts its own kernel; processes (not threads) because a run is named to its
+    # kernel through the environment, which is per process.
+    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context) as pool:
+            futures = [pool.submit(_trial, str(path), p, settings, sweep_id) for p in points]
+            try:
+                for future in as_completed(futures):
+                    rows.append(future.result())
+                    best = max((r.get("sharpe", float("nan")) for r in rows if r["status"] == "done"),
+                               default=float("nan"))
+                    bar.set_postfix(best_sharpe=f"{best:.2f}")
+                    bar.update()
+            except KeyboardInterrupt:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        bar.close()
+    order = {tuple(sorted(p.items(), key=str)): i for i, p in enumerate(points)}
+    rows.sort(key=lambda r: order.get(tuple(sorted(((k, r[k]) for k in points[0]), key=str)), 0))
+    table = pd.DataFrame(rows)
+    out = settings.home / "sweeps" / sweep_id
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "trials.csv", index=False)
+    return sweep_id, table

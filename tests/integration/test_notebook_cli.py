@@ -89,3 +89,19 @@ def test_farm_promote_command(farm_home, tmp_path, capsys):
     assert (agents / "sma-cross" / "agent.ipynb").exists() and (agents / "sma-cross" / "agent.yaml").exists()
     assert cli.main(["promote", str(SMA), "--name", "sma-cross", "--agents-dir", str(agents)]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_farm_sweep_runs_one_registered_trial_per_grid_point(farm_home, capsys):
+    code = cli.main(["sweep", str(SMA), "--grid", "fast=3,5", "--grid", "slow=20", "--grid", "days=2",
+                     "--workers", "2", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    runs = fk.runs()
+    trials = runs[runs.sweep_id.notna()]
+    assert len(trials) == 2 and trials.sweep_id.nunique() == 1 and (trials.status == "done").all()
+    assert sorted(p["fast"] for p in trials.params) == [3, 5]
+    sweep_id = trials.sweep_id.iloc[0]
+    assert f"sweep {sweep_id}: 2 trials, 2 done" in out
+    assert (farm_home.home / "sweeps" / sweep_id / "trials.csv").exists()
+    with pytest.raises(fk.ParameterError, match="no parameter.*fsat"):
+        notebooks.grid_points(SMA, {"fsat": ["1"]})

@@ -213,18 +213,18 @@ def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings
     points = grid_points(path, grid)
     settings = (settings or Settings.from_env()).replace(run_id=None)
     sweep_id = new_run_id("sw")
-    rows: list[dict] = []
+    rows: list[dict | None] = [None] * len(points)
     bar = tqdm(total=len(points), unit="trial", desc=f"sweep {Path(path).stem}", disable=not progress)
     # Each trial starts its own kernel; processes (not threads) because a run is named to its
     # kernel through the environment, which is per process.
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
     try:
         with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context) as pool:
-            futures = [pool.submit(_trial, str(path), p, settings, sweep_id) for p in points]
+            futures = {pool.submit(_trial, str(path), p, settings, sweep_id): i for i, p in enumerate(points)}
             try:
                 for future in as_completed(futures):
-                    rows.append(future.result())
-                    best = max((r.get("sharpe", float("nan")) for r in rows if r["status"] == "done"),
+                    rows[futures[future]] = future.result()
+                    best = max((r.get("sharpe", float("nan")) for r in rows if r and r["status"] == "done"),
                                default=float("nan"))
                     bar.set_postfix(best_sharpe=f"{best:.2f}")
                     bar.update()
@@ -234,9 +234,7 @@ def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings
                 raise
     finally:
         bar.close()
-    order = {tuple(sorted(p.items(), key=str)): i for i, p in enumerate(points)}
-    rows.sort(key=lambda r: order.get(tuple(sorted(((k, r[k]) for k in points[0]), key=str)), 0))
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame([r for r in rows if r is not None])  # grid order
     out = settings.home / "sweeps" / sweep_id
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "trials.csv", index=False)

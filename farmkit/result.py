@@ -67,10 +67,8 @@ class BacktestResult:
 
     @staticmethod
     def _positions(recorder, index) -> pd.DataFrame:
-        deltas = np.zeros((len(index), len(recorder.symbols)))
-        for bar, symbol, size, _ in recorder._fills:
-            deltas[bar, symbol] += size
-        return pd.DataFrame(np.cumsum(deltas, axis=0), index=index, columns=recorder.symbols)
+        positions = np.cumsum(recorder.position_deltas(0, len(index)), axis=0)
+        return pd.DataFrame(positions, index=index, columns=recorder.symbols)
 
     @staticmethod
     def _orders(recorder) -> pd.DataFrame:

@@ -265,12 +265,16 @@ class FmelRecorder:
         del source
         return out
 
-    def _positions(self, start: int, end: int) -> np.ndarray:
+    def position_deltas(self, start: int, end: int) -> np.ndarray:
+        """Executed size per bar (rows ``start``..``end``) and symbol (columns), from the fills seen."""
         deltas = np.zeros((end - start, len(self.datas)))
         for bar, symbol, size, _ in self._fills:
             if start <= bar < end:
                 deltas[bar - start, symbol] += size
-        positions = np.cumsum(deltas, axis=0) + self._position_carry
+        return deltas
+
+    def _positions(self, start: int, end: int) -> np.ndarray:
+        positions = np.cumsum(self.position_deltas(start, end), axis=0) + self._position_carry
         if len(positions):
             self._position_carry = positions[-1].copy()
         return positions

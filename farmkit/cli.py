@@ -13,6 +13,7 @@ _EPILOG = """examples:
   farm backtest notebooks/strategies/sma_crossover.ipynb
   farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50 -p symbols AAPL,MSFT
   farm sweep notebooks/strategies/sma_crossover.ipynb --grid fast=5,10 --grid slow=30,60 --workers 2
+  farm check-lookahead notebooks/strategies/sma_crossover.ipynb
   farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross
   farm runs                      # recent runs with their metrics
   farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
@@ -50,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=int, default=1, help="trials run at once (default 1)")
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(handler=_sweep)
+
+    la = sub.add_parser("check-lookahead", help="check a strategy notebook for look-ahead bias",
+                        description="Run the notebook, then re-run its last backtest on data cut at several "
+                        "points: a bar whose decisions or tracked values change when later bars are removed "
+                        "used the future. Exits 1 when it finds one.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  farm check-lookahead notebooks/strategies/sma_crossover.ipynb -p days 5")
+    la.add_argument("notebook")
+    la.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a parameter (repeatable)")
+    la.add_argument("--cuts", type=int, default=5, help="truncation points (default 5)")
+    la.set_defaults(handler=_check_lookahead)
 
     pr = sub.add_parser("promote", help="turn a research notebook into a verified agent under agents/",
                         description="Copy the notebook to agents/NAME/agent.ipynb (outputs stripped) with an "
@@ -120,6 +133,18 @@ def _sweep(args) -> int:
     for row in failed.itertuples():
         print(f"failed: {row.error}", file=sys.stderr)
     return 0 if failed.empty else 1
+
+
+def _check_lookahead(args) -> int:
+    from farmkit.lookahead import check_notebook
+    print(f"Checking {args.notebook} for look-ahead ({args.cuts} truncated re-runs)...", file=sys.stderr)
+    report = check_notebook(args.notebook, dict(args.parameter), cuts=args.cuts)
+    print(("OK: " if report["ok"] else "LOOK-AHEAD: ") + report["message"])
+    if not report["ok"]:
+        table = pd.DataFrame(report["differences"]).head(10)
+        with pd.option_context("display.width", 160, "display.max_colwidth", 40):
+            print(table.to_string(index=False))
+    return 0 if report["ok"] else 1
 
 
 def _promote(args) -> int:

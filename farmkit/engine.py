@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import backtrader as bt
 import numpy as np
@@ -43,6 +43,10 @@ class BrokerConfig:
     coo: bool = False           # cheat-on-open
     sizer: type | None = None
     sizer_params: dict = field(default_factory=dict)
+
+    def as_kwargs(self) -> dict:
+        """The keyword arguments of ``fk.backtest`` that rebuild this broker."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def apply(self, cerebro: bt.Cerebro) -> None:
         broker = cerebro.broker
@@ -213,9 +217,8 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
                             f"fk.fmel.explain({run_id!r}, bar={bar}) shows it.",
                             run_id=run_id, bar_number=bar, timestamp=when, traceback_text=text) from exc
     recorder.flush()
-    result = BacktestResult.from_run(run_id=run_id, agent_id=agent_id, strategy=strategy.__name__,
-                                     params=params, bars=bars, recorder=recorder, store=store,
-                                     broker=strat.broker)
+    result = BacktestResult.from_run(run_id=run_id, agent_id=agent_id, strategy=strategy, params=params,
+                                     bars=bars, recorder=recorder, store=store, broker=broker)
     result.metrics.update(_honest_metrics(store, strategy.__name__, code, result))
     store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.bars,
                       finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import html
 import json
 import math
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,7 @@ from farmkit.data.bars import Bars, to_bars
 from farmkit.engine import backtest
 from farmkit.errors import FarmError, StrategyError
 from farmkit.fmel.stores import open_store
+from farmkit.result import BacktestResult
 from farmkit.settings import Settings
 
 COLUMNS = ["cut", "bar_number", "timestamp", "field", "full_value", "truncated_value"]
@@ -81,6 +84,13 @@ class LookaheadReport:
         table = "" if self.ok else self.differences.head(20).to_html(index=False)
         return f"<p><b>{'OK' if self.ok else 'Look-ahead'}</b>: {html.escape(str(self))}</p>{table}"
 
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (what `farm check-lookahead` reads back from the notebook)."""
+        head = self.differences.head(50).astype({"timestamp": "string"}).astype(object)
+        return {"ok": self.ok, "strategy": self.strategy, "bars": self.bars, "cuts": list(self.cuts),
+                "first_bar": self.first_bar, "message": str(self), "full_run_id": self.full_run_id,
+                "differences": head.where(head.notna(), None).to_dict("records")}
+
     def raise_if_leaky(self) -> "LookaheadReport":
         """Raise :class:`LookaheadError` with the report's message if anything differed."""
         if not self.ok:
@@ -88,20 +98,30 @@ class LookaheadReport:
         return self
 
 
-def check_lookahead(strategy: type, data, *, cuts: int = 5, cash: float = 100_000.0, commission: float = 0.0,
+def check_lookahead(strategy, data=None, *, cuts: int = 5, cash: float = 100_000.0, commission: float = 0.0,
                     settings: Settings | None = None, **params) -> LookaheadReport:
     """Backtest ``strategy`` on all of ``data`` and on ``cuts`` truncations of it (cut evenly between
     20% and 95% of the bars, every symbol at the same timestamp), and report where its decisions
     (action, symbol, size) or tracked values differ from the full run on the same bar.
 
+    ``strategy`` may also be a finished backtest: its strategy, data, parameters and broker are reused.
+
     >>> check_lookahead(SmaCross, bars, fast=5).raise_if_leaky()
+    >>> check_lookahead(res)            # res = fk.backtest(...)
     """
+    broker = dict(cash=cash, commission=commission)
+    if isinstance(strategy, BacktestResult):
+        done = strategy
+        strategy, data = done.strategy_class, done.prices if data is None else data
+        params = {**done.params, **params}
+        broker = done.broker.as_kwargs() if done.broker is not None else broker
+    if data is None:
+        raise TypeError("check_lookahead needs the data: check_lookahead(MyStrategy, bars, ...) or check_lookahead(res)")
     bars = to_bars(data)
     # A lookahead run must not take the id `farm backtest` queued for the notebook's own backtest.
     settings = (settings or Settings.from_env()).replace(run_id=None)
     store = open_store(settings.store)
-    run = dict(cash=cash, commission=commission, settings=settings, store=store,
-               agent_id=f"{strategy.__name__}/lookahead", **params)
+    run = dict(**broker, settings=settings, store=store, agent_id=f"{strategy.__name__}/lookahead", **params)
     full = backtest(strategy, bars, **run).fmel
     clock = _clock(bars)
     found, counts, run_ids = [], [], []
@@ -187,3 +207,40 @@ def _same(a, b) -> bool:
 
 def _show(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else json.dumps(value, default=str)
+
+
+_MIME = "application/vnd.farm.lookahead+json"
+_CHECK_CELL = """# added by `farm check-lookahead`
+import farmkit as _fk
+from IPython.display import display as _display
+_done = [_v for _v in list(globals().values()) if isinstance(_v, _fk.BacktestResult)]
+if not _done:
+    raise RuntimeError("the notebook ran no fk.backtest, so there is nothing to check")
+_display({%(mime)r: _fk.check_lookahead(_done[-1], cuts=%(cuts)d).to_dict()}, raw=True)
+"""
+
+
+def check_notebook(path, params: dict | None = None, *, cuts: int = 5, settings: Settings | None = None) -> dict:
+    """Run a strategy notebook, then check its last backtest for look-ahead (see :func:`check_lookahead`).
+
+    Returns the report as a dict (``ok``, ``first_bar``, ``message``, ``differences``).
+    """
+    import nbformat
+
+    from farmkit import notebooks
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(_CHECK_CELL % {"mime": _MIME, "cuts": cuts}))
+    # Next to the original, so the notebook's relative paths still resolve.
+    copy = path.with_name(f".{path.stem}.lookahead-{uuid.uuid4().hex[:6]}.ipynb")
+    nbformat.write(nb, copy)
+    try:
+        run = notebooks.run(copy, params, settings=settings, progress=False)
+    finally:
+        copy.unlink(missing_ok=True)
+    executed = nbformat.read(run.output, as_version=4)
+    for output in executed.cells[-1].get("outputs", []):
+        if _MIME in output.get("data", {}):
+            return output["data"][_MIME]
+    raise LookaheadError(f"{path}: the look-ahead check produced no report")

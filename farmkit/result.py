@@ -43,6 +43,8 @@ class BacktestResult:
     orders: pd.DataFrame
     metrics: dict
     store: object = field(repr=False)
+    strategy_class: type | None = field(default=None, repr=False)
+    broker: object = field(default=None, repr=False)     # the BrokerConfig it ran with
     _fmel: pd.DataFrame | None = field(default=None, repr=False)
 
     @classmethod
@@ -61,9 +63,9 @@ class BacktestResult:
         filled = orders[orders["executed_size"].fillna(0) != 0]
         traded_value = float((filled["executed_size"].abs() * filled["executed_price"]).sum())
         summary = _metrics.summary(equity, trades, exposure=exposure, traded_value=traded_value)
-        return cls(run_id=run_id, agent_id=agent_id, strategy=strategy, params=dict(params), prices=bars,
-                   equity=equity, drawdown=drawdown, positions=positions, trades=trades, orders=orders,
-                   metrics=summary, store=store)
+        return cls(run_id=run_id, agent_id=agent_id, strategy=strategy.__name__, params=dict(params),
+                   prices=bars, equity=equity, drawdown=drawdown, positions=positions, trades=trades,
+                   orders=orders, metrics=summary, store=store, strategy_class=strategy, broker=broker)
 
     @staticmethod
     def _positions(recorder, index) -> pd.DataFrame:

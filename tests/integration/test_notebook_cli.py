@@ -105,3 +105,35 @@ def test_farm_sweep_runs_one_registered_trial_per_grid_point(farm_home, capsys):
     assert (farm_home.home / "sweeps" / sweep_id / "trials.csv").exists()
     with pytest.raises(fk.ParameterError, match="no parameter.*fsat"):
         notebooks.grid_points(SMA, {"fsat": ["1"]})
+
+
+LEAKY = '''import backtrader as bt
+import farmkit as fk
+
+class PeeksAhead(fk.Strategy):
+    def __init__(self):
+        self.next_close = self.data.close(1)   # the next bar's close: the future
+        self.track(next_close=self.next_close)
+
+    def next(self):
+        if self.next_close[0] > self.data.close[0] and not self.position:
+            self.buy(size=1, reason="knows the next close is higher")
+        elif self.next_close[0] < self.data.close[0] and self.position:
+            self.close(reason="knows the next close is lower")
+
+res = fk.backtest(PeeksAhead, fk.data.synthetic("AAPL", days=days, seed=3))'''
+
+
+def test_farm_check_lookahead(farm_home, tmp_path, capsys):
+    assert cli.main(["check-lookahead", str(SMA), "-p", "days", "2", "--cuts", "3"]) == 0
+    assert "OK: SmaCross: no look-ahead found" in capsys.readouterr().out
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("days = 2")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(LEAKY)]
+    path = tmp_path / "leaky.ipynb"
+    nbformat.write(nb, path)
+    assert cli.main(["check-lookahead", str(path), "--cuts", "3"]) == 1
+    out = capsys.readouterr().out
+    assert "LOOK-AHEAD: PeeksAhead looks ahead: at bar" in out and "tracked.next_close" in out
+    assert not list(tmp_path.glob(".leaky.lookahead-*"))  # the temporary copy is gone

@@ -15,6 +15,7 @@ from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
 from farmkit.lookahead import LookaheadReport, check_lookahead
 from farmkit.result import BacktestResult
 from farmkit.settings import Settings
+from farmkit.split import WalkForward
 from farmkit.strategy import Strategy
 from farmkit.sweep import SweepResult, sweep
 
@@ -22,5 +23,6 @@ runs = fmel.runs
 
 __all__ = [
     "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Settings",
-    "Strategy", "StrategyError", "SweepResult", "backtest", "check_lookahead", "data", "fmel", "runs", "sweep",
+    "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel",
+    "runs", "sweep",
 ]

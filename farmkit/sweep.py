@@ -14,16 +14,19 @@ import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 
 import backtrader as bt
 import pandas as pd
 
 from farmkit import trials
-from farmkit.data.bars import to_bars
+from farmkit.data.bars import Bars, to_bars
 from farmkit.engine import backtest, check_params, new_run_id
 from farmkit.errors import ParameterError
 from farmkit.fmel.stores import open_store
 from farmkit.settings import Settings
+from farmkit.split import (SIDE_BY_SIDE, WalkForward, best_trial, check_select, run_out_of_sample, run_split,
+                           split_windows, with_warmup)
 
 _HONEST = ["sharpe_daily", "skew", "kurtosis", "days", "psr", "dsr", "min_track_record_days"]
 
@@ -32,7 +35,12 @@ _HONEST = ["sharpe_daily", "skew", "kurtosis", "days", "psr", "dsr", "min_track_
 class SweepResult:
     """The trials of one sweep: ``table`` has one row per trial (grid parameters, ``run_id``,
     ``status``, ``error``, the metrics of ``fk.backtest`` and ``psr``/``dsr`` deflated over this
-    sweep's done trials). ``interrupted`` is True when the sweep was stopped with Ctrl-C."""
+    sweep's done trials). ``interrupted`` is True when the sweep was stopped with Ctrl-C.
+
+    With a ``split``, ``table`` holds the in-sample trials (a ``segment`` column says which window;
+    DSR is deflated within each window), ``oos`` one row per window with the chosen parameters and
+    ``is_*``/``oos_*`` figures side by side, ``oos_equity`` the out-of-sample equity of all windows
+    chained, and ``oos_summary`` its metrics."""
 
     sweep_id: str
     strategy: str
@@ -40,16 +48,29 @@ class SweepResult:
     table: pd.DataFrame
     interrupted: bool = False
     store: object = field(default=None, repr=False)
+    oos: pd.DataFrame | None = None
+    oos_equity: pd.Series | None = field(default=None, repr=False)
+    oos_summary: dict | None = None
 
     def best(self, metric: str = "sharpe") -> pd.Series:
         """The done trial with the highest ``metric``, e.g. ``res.best("dsr").run_id``."""
-        done = self.table[self.table["status"] == "done"]
-        if metric not in self.table.columns:
-            raise KeyError(f"no metric {metric!r}; the table has: {', '.join(self.table.columns)}")
-        ranked = pd.to_numeric(done[metric], errors="coerce").dropna()
-        if ranked.empty:
-            raise ValueError(f"no done trial of sweep {self.sweep_id} has a {metric}")
-        return done.loc[ranked.idxmax()]
+        return best_trial(self.table, metric, self.sweep_id)
+
+    def summary(self) -> pd.DataFrame:
+        """In-sample and out-of-sample figures of each window side by side, for reading.
+
+        >>> res.summary()   # columns (sharpe, in-sample), (sharpe, out-of-sample), ...
+        """
+        if self.oos is None:
+            raise ValueError(f"sweep {self.sweep_id} was run without split=; its trials are in .table")
+        frame = self.oos.set_index("window")
+        columns = {(p, ""): frame[p] for p in self.params}
+        for name in SIDE_BY_SIDE:
+            columns[(name, "in-sample")] = frame[f"is_{name}"]
+            columns[(name, "out-of-sample")] = frame[f"oos_{name}"]
+        columns[("period", "out-of-sample")] = (frame["oos_start"].dt.strftime("%Y-%m-%d %H:%M") + " → "
+                                                + frame["oos_end"].dt.strftime("%Y-%m-%d %H:%M"))
+        return pd.DataFrame(columns)
 
     def plot(self, metric: str = "sharpe"):
         """A heatmap of ``metric`` over two grid parameters, bars over one, parallel coordinates
@@ -76,7 +97,10 @@ class SweepResult:
 
     def _repr_html_(self) -> str:
         state = " (interrupted)" if self.interrupted else ""
-        return f"<b>{self.strategy}</b> sweep <code>{self.sweep_id}</code>{state}" + self.table.to_html()
+        oos = "" if self.oos is None else "<p>Out of sample</p>" + self.summary().to_html() + "<p>In sample</p>"
+        return f"<b>{self.strategy}</b> sweep <code>{self.sweep_id}</code>{state}" + oos + self.table.to_html()
+
+
 
 
 def _dimension(values: pd.Series, label: str) -> dict:
@@ -136,7 +160,7 @@ def _run_trial(params: dict) -> tuple[dict, str | None, dict, str | None]:
         run_id = getattr(exc, "run_id", None)
         error = f"{type(exc).__name__}: {exc}"
     if run_id is not None:
-        job["store"].runs.upsert(run_id, sweep_id=job["sweep_id"])
+        job["store"].runs.upsert(run_id, sweep_id=job["sweep_id"], segment=job["segment"])
     return params, run_id, metrics, error
 
 
@@ -150,13 +174,20 @@ def _pool(workers: int, job: dict) -> ProcessPoolExecutor:
 
 def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash: float = 100_000.0,
           commission: float = 0.0, settings: Settings | None = None, progress: bool | None = None,
-          sweep_id: str | None = None, **fixed) -> SweepResult:
+          sweep_id: str | None = None, split=None, warmup_bars: int = 0, select: str = "sharpe",
+          **fixed) -> SweepResult:
     """Backtest ``strategy`` at every point of ``grid`` (all combinations), each as a full
     ``fk.backtest`` registered under one ``sweep_id``. Extra keyword arguments are parameters that
     stay fixed. Failing trials are recorded in the table; Ctrl-C returns the finished trials.
 
+    With ``split`` (a fraction such as 0.7, a date, or ``WalkForward(windows=4)``) the grid runs on
+    the in-sample bars only, the trial with the highest ``select`` metric is run out of sample
+    (with ``warmup_bars`` bars before the out-of-sample start to warm its indicators up, left out
+    of its figures), and ``res.oos`` puts both sides next to each other; see :mod:`farmkit.split`.
+
     >>> res = sweep(SmaCross, bars, {"fast": [5, 10], "slow": [30, 60]}, workers=2, commission=0.0005)
     >>> res.best("sharpe")
+    >>> sweep(SmaCross, bars, {"fast": [5, 10]}, split=0.7, warmup_bars=60).summary()
     """
     if not (isinstance(strategy, type) and issubclass(strategy, bt.Strategy)):
         raise TypeError(f"strategy must be a backtrader Strategy class, got {strategy!r}")
@@ -164,15 +195,48 @@ def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash
         raise ValueError(f"workers must be at least 1, got {workers}")
     points = grid_points(strategy, grid, fixed)
     bars = to_bars(data)
+    # Every split and warm-up mistake is found here, before the first run.
+    windows = split_windows(bars, split) if split is not None else None
+    if windows is not None:
+        with_warmup(bars, windows[0], warmup_bars)
+        check_select(select)
+    elif warmup_bars:
+        raise ParameterError("warmup_bars warms up out-of-sample runs; it needs split= (e.g. split=0.7)")
     settings = settings or Settings.from_env()
     # FARM_RUN_ID names one notebook run; trials in several processes must not race to claim it.
     trial_settings = settings.replace(run_id=None)
     sweep_id = sweep_id or new_run_id("sweep")
     store = open_store(settings.store)
     job = dict(strategy=strategy, bars=bars, cash=float(cash), commission=float(commission),
-               settings=trial_settings, store=store, fixed=fixed, sweep_id=sweep_id)
+               settings=trial_settings, store=store, fixed=fixed, sweep_id=sweep_id, segment=None)
     show = progress if progress is not None else settings.progress != "off"
-    bar = _progress_bar(len(points), strategy.__name__, show)
+    bar = _progress_bar((len(points) + 1) * len(windows) if windows else len(points), strategy.__name__, show)
+    result = SweepResult(sweep_id=sweep_id, strategy=strategy.__name__, params=list(grid), table=None,
+                         store=store)
+    try:
+        if windows is None:
+            result.table, result.interrupted = _run_grid(points, job, workers, bar)
+        else:
+            def run_grid(in_sample: Bars, segment: str) -> tuple[pd.DataFrame, bool]:
+                return _run_grid(points, {**job, "bars": in_sample, "segment": segment}, workers, bar)
+
+            run_oos = partial(run_out_of_sample, strategy, bars, warmup_bars=warmup_bars, sweep_id=sweep_id,
+                              store=store, cash=float(cash), commission=float(commission),
+                              settings=trial_settings, **fixed)
+            done = run_split(windows, list(grid), run_grid=run_grid, run_oos=run_oos, select=select,
+                             walk=isinstance(split, WalkForward), tick=bar.update if bar is not None else None)
+            result.table, result.oos, result.interrupted = done.table, done.oos, done.interrupted
+            if done.curve is not None:
+                result.oos_equity = done.curve.equity
+                result.oos_summary = {**done.curve.metrics(), "windows": done.windows}
+    finally:
+        if bar is not None:
+            bar.close()
+    return result
+
+
+def _run_grid(points: list[dict], job: dict, workers: int, bar) -> tuple[pd.DataFrame, bool]:
+    """Every grid point on ``job["bars"]``: the table of trials, and whether Ctrl-C stopped it."""
     rows: dict[int, tuple] = {}
 
     def collect(i: int, outcome: tuple) -> None:
@@ -189,12 +253,7 @@ def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash
             _run_pool(points, min(workers, len(points)), job, collect)
     except KeyboardInterrupt:
         interrupted = True
-    finally:
-        if bar is not None:
-            bar.close()
-    table = _table([rows[i] for i in sorted(rows)], list(grid))
-    return SweepResult(sweep_id=sweep_id, strategy=strategy.__name__, params=list(grid), table=table,
-                       interrupted=interrupted, store=store)
+    return _table([rows[i] for i in sorted(rows)], list(points[0])), interrupted
 
 
 def _run_pool(points: list[dict], workers: int, job: dict, collect) -> None:

@@ -26,6 +26,7 @@ class RunRegistry:
         with closing(self._connect()) as con, con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+            _add_missing_columns(con)
 
     def _connect(self) -> sqlite3.Connection:
         # Short-lived connections: sweep workers, paper runs and notebooks share the file.
@@ -62,3 +63,18 @@ class RunRegistry:
         for col in ("started_at", "finished_at"):
             frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
         return frame
+
+
+def _add_missing_columns(con: sqlite3.Connection) -> None:
+    """Bring a registry written by an older farmkit up to the schema: columns added to runs.json
+    since then are added as empty (NULL) columns, so an old FARM_HOME keeps working."""
+    present = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+    for f in schema.fields("runs"):
+        if f["name"] in present:
+            continue
+        try:
+            con.execute(f"ALTER TABLE runs ADD COLUMN {f['name']} {_SQL_TYPES[f['type']]}")
+        except sqlite3.OperationalError as exc:
+            # Two processes opening the same old file at once: the other one added it first.
+            if "duplicate column" not in str(exc):
+                raise

@@ -4,7 +4,8 @@ import farmkit as fk
 def test_public_api_is_curated():
     assert sorted(fk.__all__) == [
         "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Settings",
-        "Strategy", "StrategyError", "SweepResult", "backtest", "check_lookahead", "data", "fmel", "runs", "sweep",
+        "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel",
+        "runs", "sweep",
     ]
     assert sorted(fk.data.__all__) == ["Bars", "alpaca", "load", "synthetic", "to_bars"]
 

@@ -1,13 +1,20 @@
 """farmkit.sweep: one recorded backtest per grid point, in-process or in forked workers."""
 
+import json
 import math
+import sqlite3
+from contextlib import closing
 
 import backtrader as bt
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
 import farmkit as fk
+from farmkit.fmel import schema
+from farmkit.fmel.registry import RunRegistry
+from farmkit.split import WalkForward, walk_forward
 from farmkit.sweep import SweepResult, sweep
 
 
@@ -111,3 +118,108 @@ def test_plot_kind_follows_the_number_of_grid_parameters():
     assert isinstance(SweepResult("sw", "Cross", ["fast"], table).plot().data[0], go.Bar)
     par = SweepResult("sw", "Cross", ["fast", "slow", "mode"], table).plot()
     assert isinstance(par.data[0], go.Parcoords) and len(par.data[0].dimensions) == 4
+
+
+def _equity(run_id: str) -> pd.Series:
+    """A run's equity curve as FMEL recorded it."""
+    records = fk.fmel.load(run_id)
+    values = records.performance.map(lambda p: json.loads(p)["equity"]).to_numpy(dtype="float64")
+    return pd.Series(values, index=pd.DatetimeIndex(records.timestamp).tz_convert("UTC"))
+
+
+def test_split_chooses_in_sample_and_reports_out_of_sample(farm_home, bars):
+    times = bars["AAPL"].index
+    cut = times[int(0.7 * len(times))]
+    res = sweep(Cross, bars, GRID, split=0.7, warmup_bars=30, sweep_id="sw-split")
+    table, oos = res.table, res.oos
+    assert len(table) == 4 and (table.segment == "in_sample").all() and len(oos) == 1
+    best = table.loc[table.sharpe.idxmax()]
+    row = oos.iloc[0]
+    assert (row.fast, row.slow, row.is_run_id, row.is_sharpe) == (best.fast, best.slow, best.run_id, best.sharpe)
+    assert (row.oos_start, row.is_end) == (cut, times[int(0.7 * len(times)) - 1]) and row.oos_end == times[-1]
+
+    runs = fk.runs().set_index("run_id")
+    assert len(runs) == 5 and (runs.sweep_id == "sw-split").all()
+    assert runs.segment.value_counts().to_dict() == {"in_sample": 4, "out_of_sample": 1}
+    assert runs.loc[row.oos_run_id, "segment"] == "out_of_sample"
+    assert runs.loc[row.oos_run_id, "params"] == {"fast": best.fast, "slow": best.slow}
+    for run_id in table.run_id:  # the grid never saw a bar of the out-of-sample side
+        assert _equity(run_id).index.max() < cut
+
+    # The out-of-sample run got 30 bars of warm-up; its figures start at the cut.
+    equity = _equity(row.oos_run_id)
+    assert equity.index[0] == times[int(0.7 * len(times)) - 30] and equity.index[-1] == times[-1]
+    after = equity[equity.index >= cut]
+    assert row.oos_total_return == pytest.approx(after.iloc[-1] / after.iloc[0] - 1)
+    assert res.oos_equity.index.equals(after.index)
+    assert res.oos_equity.iloc[0] == pytest.approx(100_000.0)
+    assert res.oos_equity.to_numpy() == pytest.approx(after.to_numpy() * 100_000.0 / after.iloc[0])
+    stored = runs.loc[row.oos_run_id, "metrics"]
+    assert stored["total_return"] == pytest.approx(row.oos_total_return) and stored["warmup_bars"] == 30
+    assert stored["trades"] == row.oos_trades and res.oos_summary["total_return"] == pytest.approx(
+        row.oos_total_return)
+
+    summary = res.summary()
+    assert summary.loc[1, ("sharpe", "in-sample")] == best.sharpe
+    assert summary.loc[1, ("sharpe", "out-of-sample")] == row.oos_sharpe
+    assert "Out of sample" in res._repr_html_()
+
+
+def test_walk_forward_runs_one_out_of_sample_per_window(farm_home, bars):
+    res = sweep(Cross, bars, {"fast": [3, 8]}, split=WalkForward(windows=3), warmup_bars=20, workers=2)
+    windows = walk_forward(bars, 3)
+    oos = res.oos
+    assert list(oos.window) == [1, 2, 3] and oos.oos_error.isna().all()
+    assert list(oos.oos_start) == [w.oos_start for w in windows]
+    assert list(res.table.segment) == [f"wf{k}/in_sample" for k in (1, 2, 3) for _ in range(2)]
+    for k, row in enumerate(oos.itertuples(), start=1):
+        in_sample = res.table[res.table.segment == f"wf{k}/in_sample"]
+        assert row.fast == in_sample.loc[in_sample.sharpe.idxmax(), "fast"]
+    runs = fk.runs().set_index("run_id")
+    assert list(runs.loc[oos.oos_run_id, "segment"]) == ["wf1/out_of_sample", "wf2/out_of_sample",
+                                                         "wf3/out_of_sample"]
+    assert (runs.sweep_id == res.sweep_id).all() and len(runs) == 9
+    stitched = res.oos_equity
+    assert stitched.index.is_unique and stitched.index.is_monotonic_increasing
+    assert stitched.index[0] == windows[0].oos_start and stitched.index[-1] == windows[-1].oos_end
+    assert res.oos_summary["windows"] == 3
+    assert res.oos_summary["total_return"] == pytest.approx(np.prod(1 + oos.oos_total_return) - 1)
+
+
+def test_bad_splits_are_rejected_before_any_run(farm_home, bars):
+    with pytest.raises(fk.ParameterError, match="between 0 and 1"):
+        sweep(Cross, bars, GRID, split=1.5)
+    with pytest.raises(fk.ParameterError, match="outside the data"):
+        sweep(Cross, bars, GRID, split="2025-01-01")
+    with pytest.raises(fk.ParameterError, match="warmup_bars"):
+        sweep(Cross, bars, GRID, split=0.7, warmup_bars=-5)
+    with pytest.raises(fk.ParameterError, match="needs split="):
+        sweep(Cross, bars, GRID, warmup_bars=5)
+    with pytest.raises(fk.ParameterError, match="select='shrape' is not a metric"):
+        sweep(Cross, bars, GRID, split=0.7, select="shrape")
+    assert fk.runs().empty
+
+
+def test_an_old_registry_gains_the_new_columns(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    # The table as farmkit wrote it before runs had a segment.
+    old = ", ".join(f["name"] + (" TEXT PRIMARY KEY" if f["name"] == "run_id" else " TEXT")
+                    for f in schema.fields("runs") if f["name"] != "segment")
+    with closing(sqlite3.connect(path)) as con, con:
+        con.execute(f"CREATE TABLE runs ({old})")
+        con.execute("INSERT INTO runs (run_id, agent_id, strategy, mode, status, started_at) "
+                    "VALUES ('bt-old', 'Cross', 'Cross', 'backtest', 'done', '2024-01-02T00:00:00+00:00')")
+    registry = RunRegistry(path)
+    RunRegistry(path)  # opening it again finds nothing to add
+    assert registry.get("bt-old")["segment"] is None
+    registry.upsert("bt-old", segment="out_of_sample")
+    assert registry.get("bt-old")["segment"] == "out_of_sample" and registry.get("bt-old")["status"] == "done"
+
+
+def test_a_window_whose_trials_all_failed_has_no_out_of_sample_run(farm_home, bars):
+    res = sweep(Cross, bars, {"boom": [1]}, split=0.5, fast=3)
+    assert list(res.table.status) == ["failed"] and res.oos_summary is None and res.oos_equity is None
+    assert res.oos.oos_error.iloc[0] == "in sample: no done trial has a sharpe" and res.oos.oos_run_id.isna().all()
+    assert list(fk.runs().segment) == ["in_sample"]
+    with pytest.raises(ValueError, match="without split="):
+        sweep(Cross, bars, {"fast": [3]}).summary()

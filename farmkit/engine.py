@@ -6,7 +6,6 @@ import datetime as _dt
 import hashlib
 import inspect
 import json
-import marshal
 import math
 import secrets
 import threading
@@ -67,18 +66,35 @@ def new_run_id(prefix: str = "bt") -> str:
 
 
 def code_hash(cls: type) -> str:
-    """Hash of a strategy's code: its source where Python can find it, else its methods' bytecode."""
+    """Hash of a strategy's code: the same class text gives the same hash in any process, including
+    classes defined in a notebook cell (whose methods' source IPython keeps)."""
     h = hashlib.sha256()
     for klass in cls.__mro__:
         if klass.__module__.startswith(("backtrader", "farmkit")) or klass is object:
             continue
         try:
             h.update(inspect.getsource(klass).encode())
+            continue
         except (OSError, TypeError):
-            for name, member in sorted(vars(klass).items()):
-                code = getattr(member, "__code__", None)
-                h.update(name.encode() + (marshal.dumps(code) if code is not None else repr(member).encode()))
+            pass
+        for name, member in sorted(vars(klass).items()):
+            function = getattr(member, "__func__", member)
+            code = getattr(function, "__code__", None)
+            if code is None:
+                continue
+            try:
+                text = inspect.getsource(function)
+            except (OSError, TypeError):
+                text = _code_text(code)
+            h.update(name.encode() + text.encode())
+    h.update(repr(sorted(cls.params._getitems(), key=lambda kv: kv[0])).encode())
     return h.hexdigest()[:16]
+
+
+def _code_text(code) -> str:
+    # Bytecode, constants and names, but not the file name or line numbers (which differ per cell run).
+    consts = [(_code_text(c) if hasattr(c, "co_code") else repr(c)) for c in code.co_consts]
+    return code.co_code.hex() + repr(consts) + repr(code.co_names)
 
 
 def check_params(strategy: type, params: dict) -> dict:
@@ -155,6 +171,48 @@ class _Progress:
             self._bar.close()
 
 
+def register_run(store, run_id: str, *, strategy: type, agent_id: str, mode: str, params: dict,
+                 data_fingerprint: str | None, code: str) -> float:
+    """Put a run in the registry as running; returns its start time."""
+    started = time.time()
+    store.runs.upsert(run_id, agent_id=agent_id, strategy=strategy.__name__, mode=mode, status="running",
+                      params={k: _plain(v) for k, v in params.items()},
+                      params_hash=hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()
+                                                 ).hexdigest()[:16],
+                      data_fingerprint=data_fingerprint, code_hash=code,
+                      farmkit_version=farmkit.__version__, started_at=pd.Timestamp(started, unit="s", tz="UTC"))
+    return started
+
+
+def run_cerebro(cerebro: bt.Cerebro, recorder: FmelRecorder, store, run_id: str, name: str, started: float,
+                on_stop=None):
+    """Run cerebro; whatever happens, the FMEL recorded so far is written and the registry says how
+    the run ended. A strategy that raises becomes a :class:`StrategyError` naming the bar."""
+    try:
+        return cerebro.run()[0]
+    except KeyboardInterrupt:
+        # Stopped by hand: keep what was recorded, and say so in the registry.
+        recorder.flush()
+        on_stop and on_stop()
+        store.runs.upsert(run_id, status="interrupted", bars=recorder.bars,
+                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+        raise
+    except Exception as exc:
+        text = traceback.format_exc()
+        bar = recorder.on_error(exc, text) if recorder.strategy is not None else None
+        when = (pd.Timestamp(recorder.timestamps[-1] - 719163.0, unit="D", tz="UTC").round("ms")
+                if bar is not None else None)
+        recorder.flush()
+        on_stop and on_stop()
+        store.runs.upsert(run_id, status="failed", error=text, failed_bar=bar, bars=recorder.bars,
+                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+        where = f" at bar {bar} ({when})" if bar is not None else " before the first bar"
+        raise StrategyError(f"{name} raised {type(exc).__name__}: {exc}{where}. "
+                            f"FMEL up to that bar is kept in run {run_id}; "
+                            f"fk.fmel.explain({run_id!r}, bar={bar}) shows it.",
+                            run_id=run_id, bar_number=bar, timestamp=when, traceback_text=text) from exc
+
+
 def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 0.0, *,
              slippage_perc: float = 0.0, slippage_fixed: float = 0.0, slip_open: bool = False,
              coc: bool = False, coo: bool = False, sizer: type | None = None, sizer_params: dict | None = None,
@@ -183,39 +241,13 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
     run_id, claimed = _claim_run_id(settings, store)
     agent_id = agent_id or strategy.__name__
     code = code_hash(strategy)
-    started = time.time()
-    store.runs.upsert(run_id, agent_id=agent_id, strategy=strategy.__name__, mode="backtest", status="running",
-                      params={k: _plain(v) for k, v in params.items()},
-                      params_hash=hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()
-                                                 ).hexdigest()[:16],
-                      data_fingerprint=bars.fingerprint(), code_hash=code,
-                      farmkit_version=farmkit.__version__, started_at=pd.Timestamp(started, unit="s", tz="UTC"))
-
+    started = register_run(store, run_id, strategy=strategy, agent_id=agent_id, mode="backtest", params=params,
+                           data_fingerprint=bars.fingerprint(), code=code)
     recorder = FmelRecorder(run_id, agent_id, mode="backtest", sink=store.write_fmel)
-    cerebro = build_cerebro(strategy, bars, broker, recorder, params)
+    cerebro = build_cerebro(strategy, history_feeds(bars), broker, recorder, params)
     total = max(len(f) for f in bars.values())
-    try:
-        with _Progress(recorder, total, progress or settings.progress, strategy.__name__):
-            strat = cerebro.run()[0]
-    except KeyboardInterrupt:
-        # Stopped by hand: keep what was recorded, and say so in the registry.
-        recorder.flush()
-        store.runs.upsert(run_id, status="interrupted", bars=recorder.bars,
-                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
-        raise
-    except Exception as exc:
-        text = traceback.format_exc()
-        bar = recorder.on_error(exc, text) if recorder.strategy is not None else None
-        when = (pd.Timestamp(recorder.timestamps[-1] - 719163.0, unit="D", tz="UTC").round("ms")
-                if bar is not None else None)
-        recorder.flush()
-        store.runs.upsert(run_id, status="failed", error=text, failed_bar=bar, bars=recorder.bars,
-                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
-        where = f" at bar {bar} ({when})" if bar is not None else " before the first bar"
-        raise StrategyError(f"{strategy.__name__} raised {type(exc).__name__}: {exc}{where}. "
-                            f"FMEL up to that bar is kept in run {run_id}; "
-                            f"fk.fmel.explain({run_id!r}, bar={bar}) shows it.",
-                            run_id=run_id, bar_number=bar, timestamp=when, traceback_text=text) from exc
+    with _Progress(recorder, total, progress or settings.progress, strategy.__name__):
+        run_cerebro(cerebro, recorder, store, run_id, strategy.__name__, started)
     recorder.flush()
     result = BacktestResult.from_run(run_id=run_id, agent_id=agent_id, strategy=strategy, params=params,
                                      bars=bars, recorder=recorder, store=store, broker=broker)
@@ -238,13 +270,21 @@ def _honest_metrics(store, strategy: str, code: str, result) -> dict:
             "trials": n_trials}
 
 
-def build_cerebro(strategy: type, bars: Bars, broker: BrokerConfig, recorder: FmelRecorder,
-                  params: dict, **cerebro_kwargs) -> bt.Cerebro:
-    """The wiring shared by every kind of run. Observers are off: FMEL records what they would plot."""
-    cerebro = bt.Cerebro(stdstats=False, **cerebro_kwargs)
+def history_feeds(bars: Bars) -> list[HistoryFeed]:
+    feeds = []
     for symbol, frame in bars.items():
         timeframe, compression = _timeframe(frame)
-        cerebro.adddata(HistoryFeed(dataname=frame, name=symbol, timeframe=timeframe, compression=compression))
+        feeds.append(HistoryFeed(dataname=frame, name=symbol, timeframe=timeframe, compression=compression))
+    return feeds
+
+
+def build_cerebro(strategy: type, feeds: list, broker: BrokerConfig, recorder: FmelRecorder,
+                  params: dict, **cerebro_kwargs) -> bt.Cerebro:
+    """The wiring shared by every kind of run: backtest and paper differ only in the feeds (and so
+    the clock). Observers are off: FMEL records what they would plot."""
+    cerebro = bt.Cerebro(stdstats=False, **cerebro_kwargs)
+    for feed in feeds:
+        cerebro.adddata(feed)
     broker.apply(cerebro)
     cerebro.addstrategy(strategy, **params)
     cerebro.addanalyzer(RecorderHook, _name="fmel", recorder=recorder)

@@ -4,6 +4,7 @@ millions of minute bars spends much of its time."""
 
 from __future__ import annotations
 
+import queue
 from array import array
 
 import backtrader as bt
@@ -64,3 +65,85 @@ class HistoryFeed(bt.feed.DataBase):
         lines.openinterest[0] = 0.0
         self._i = i + 1
         return True
+
+
+STOP = object()   # put on a LiveFeed's queue to end the feed
+
+
+class LiveFeed(bt.feed.DataBase):
+    """A live backtrader feed for one symbol, fed bars from another thread with :meth:`put`.
+
+    Optional ``history`` (an OHLCV frame) is served first to prime the indicators, with the feed
+    in DELAYED state; then it goes LIVE. ``_load`` blocks on the queue for at most ``qcheck``
+    seconds, so a waiting runner sleeps instead of spinning.
+    """
+
+    params = (("history", None), ("qcheck", 0.5))
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._history: list[tuple] = []
+        self._state = None
+
+    def start(self):
+        super().start()
+        history = self.p.history
+        if history is not None and len(history):
+            stamps = date2num(history.index)
+            values = history[["open", "high", "low", "close", "volume"]].to_numpy("float64")
+            self._history = [(t, *row) for t, row in zip(stamps.tolist(), values.tolist())]
+            self._history.reverse()   # pop() from the end is O(1)
+            self._status(self.DELAYED)
+        else:
+            self._status(self.LIVE)
+
+    def islive(self) -> bool:
+        return True
+
+    def haslivedata(self) -> bool:
+        return bool(self._history) or not self._queue.empty()
+
+    def put(self, bar) -> None:
+        """Queue one bar (anything with timestamp, open, high, low, close, volume)."""
+        self._queue.put(bar)
+
+    def stop_feed(self) -> None:
+        self._queue.put(STOP)
+
+    def broken(self) -> None:
+        """The stream broke: strategies see CONNBROKEN until bars flow again."""
+        self._queue.put(_BROKEN)
+
+    def _status(self, status) -> None:
+        if status != self._state:
+            self._state = status
+            self.put_notification(status)
+
+    def _load(self):
+        if self._history:
+            return self._fill(*self._history.pop())
+        while True:
+            try:
+                item = self._queue.get(timeout=self.p.qcheck)
+            except queue.Empty:
+                return None
+            if item is STOP:
+                self._status(self.DISCONNECTED)
+                return False
+            if item is _BROKEN:
+                self._status(self.CONNBROKEN)
+                continue
+            self._status(self.LIVE)
+            stamp = float(date2num(pd.DatetimeIndex([item.timestamp]))[0])
+            return self._fill(stamp, item.open, item.high, item.low, item.close, item.volume)
+
+    def _fill(self, stamp, open_, high, low, close, volume) -> bool:
+        lines = self.lines
+        lines.datetime[0] = stamp
+        lines.open[0], lines.high[0], lines.low[0], lines.close[0] = open_, high, low, close
+        lines.volume[0] = volume
+        lines.openinterest[0] = 0.0
+        return True
+
+
+_BROKEN = object()

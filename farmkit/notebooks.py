@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ast
 import itertools
-import multiprocessing
 import os
+import signal
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,26 +138,14 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
     params = coerce(dict(params or {}), parameters(path), path)
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store)
-    run_id = new_run_id()
-    out_dir = store.run_dir(run_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / "notebook.ipynb"
-    started = time.time()
-    store.runs.upsert(run_id, agent_id=path.stem, strategy=path.stem, mode="backtest", status="queued",
-                      params=params, notebook=str(path), sweep_id=sweep_id,
-                      started_at=pd.Timestamp(started, unit="s", tz="UTC"))
+    run_id, output, started = _register(store, path, params, sweep_id)
     try:
         with _environment(FARM_RUN_ID=run_id, FARM_HOME=settings.home, FARM_STORE=settings.store,
                           FARM_PROGRESS="off"):
             papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
                                        language="python", cwd=str(path.parent), progress_bar=progress, log_output=False)
     except PapermillExecutionError as exc:
-        row = store.runs.get(run_id) or {}
-        message = (f"{path}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}\n"
-                   f"--- cell source ---\n{exc.source}")
-        error = (row.get("error") or "") + ("\n" if row.get("error") else "") + message
-        store.runs.upsert(run_id, status="failed", error=error,
-                          finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+        message = _cell_failed(store, run_id, path, started, exc)
         raise NotebookError(f"{message}\nrun {run_id} is recorded as failed; the executed notebook is {output}",
                             run_id=run_id) from None
     except Exception as exc:  # the kernel died, could not start, ...: still a failed run, said plainly
@@ -165,6 +153,33 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
                           finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
         raise NotebookError(f"{path} could not be run: {type(exc).__name__}: {exc}; run {run_id} is "
                             "recorded as failed", run_id=run_id) from exc
+    return _finished(store, run_id, path, started, output)
+
+
+def _register(store, path: Path, params: dict, sweep_id: str | None) -> tuple[str, Path, float]:
+    """Register a notebook run as queued; returns its id, where its executed notebook goes, and when."""
+    run_id = new_run_id()
+    out_dir = store.run_dir(run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    store.runs.upsert(run_id, agent_id=path.stem, strategy=path.stem, mode="backtest", status="queued",
+                      params=params, notebook=str(path), sweep_id=sweep_id,
+                      started_at=pd.Timestamp(started, unit="s", tz="UTC"))
+    return run_id, out_dir / "notebook.ipynb", started
+
+
+def _cell_failed(store, run_id: str, path: Path, started: float, exc) -> str:
+    """Record a failing cell (a PapermillExecutionError) on the run; returns the message."""
+    row = store.runs.get(run_id) or {}
+    message = (f"{path}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}\n"
+               f"--- cell source ---\n{exc.source}")
+    error = (row.get("error") or "") + ("\n" if row.get("error") else "") + message
+    store.runs.upsert(run_id, status="failed", error=error,
+                      finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+    return message
+
+
+def _finished(store, run_id: str, path: Path, started: float, output: Path) -> NotebookRun:
     row = store.runs.get(run_id) or {}
     if row.get("status") == "queued":  # the notebook ran no fk.backtest: nothing was measured
         store.runs.upsert(run_id, status="done", finished_at=pd.Timestamp.now(tz="UTC"),
@@ -172,7 +187,7 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
         row = store.runs.get(run_id)
     else:
         store.runs.upsert(run_id, notebook=str(path), duration_s=time.time() - started)
-    tearsheet = out_dir / "tearsheet.html"
+    tearsheet = output.parent / "tearsheet.html"
     return NotebookRun(run_id=run_id, status=row["status"], output=output,
                        tearsheet=tearsheet if tearsheet.exists() else None, run=row)
 
@@ -189,52 +204,237 @@ def grid_points(path: str | Path, grid: dict[str, list]) -> list[dict]:
     return [coerce(dict(zip(names, combo)), defaults, path) for combo in itertools.product(*grid.values())]
 
 
-def _trial(path: str, params: dict, settings: Settings, sweep_id: str) -> dict:
+# -- sweeps: several trials per kernel ------------------------------------------------------------
+#
+# Starting a kernel and importing farmkit, backtrader and pandas in it costs about a second per
+# notebook; a sweep pays it once per worker instead. Each worker (a thread: the work happens in its
+# kernel, a separate process) keeps one IPython kernel and runs every trial through papermill's own
+# parameterization and execution manager, after a first cell that resets the kernel (see _SETUP).
+
+SETUP_TAG = "farm-trial-setup"
+
+# Run first in every trial, with store_history=False so that the notebook's own cells are numbered
+# from 1 as in a fresh kernel. What it restores: the user namespace (IPython's reset, as %reset -f,
+# plus a new history session: In/Out, _, execution count), os.environ, the working directory and
+# sys.path as they were when the kernel started. What it cannot: imported modules stay imported (that
+# is the saving), so module-level state, monkeypatches, global random seeds, plotting defaults,
+# threads and open files of one trial are seen by the next trial in the same kernel.
+_SETUP = """\
+# farmkit sweep: trial {run_id} in a kernel reused across trials; reset to the kernel's starting state
+import os, sys, types
+base = sys.modules.setdefault("_farmkit_kernel_start", types.SimpleNamespace(
+    environ=dict(os.environ), cwd=os.getcwd(), path=list(sys.path)))
+os.environ.clear()
+os.environ.update(base.environ)
+os.environ["FARM_RUN_ID"] = {run_id!r}
+os.chdir(base.cwd)
+sys.path[:] = base.path
+get_ipython().reset(new_session=True)
+"""
+
+
+class _Kernel:
+    """One IPython kernel kept alive across trials, started on first use and after it dies."""
+
+    def __init__(self, cwd: Path, env: dict):
+        self.cwd, self.env = cwd, env
+        self.km = self.kc = None
+
+    def client(self):
+        from jupyter_core.utils import run_sync
+
+        if self.km is not None and not run_sync(self.km.is_alive)():
+            self.shutdown()
+        if self.km is None:
+            from jupyter_client import AsyncKernelManager
+
+            km = AsyncKernelManager(kernel_name="python3")
+            run_sync(km.start_kernel)(cwd=str(self.cwd), env=self.env,
+                                      extra_arguments=["--HistoryManager.hist_file=:memory:"])
+            kc = km.client()
+            kc.start_channels()
+            try:
+                run_sync(kc.wait_for_ready)(timeout=60)
+            except BaseException:
+                kc.stop_channels()
+                run_sync(km.shutdown_kernel)(now=True)
+                raise
+            kc.allow_stdin = False
+            self.km, self.kc = km, kc
+        return self.km, self.kc
+
+    def interrupt(self) -> None:
+        """Stop the running cell (a KeyboardInterrupt in the kernel); safe from another thread."""
+        km = self.km
+        if km is not None and km.provisioner is not None and km.provisioner.process is not None:
+            # The kernel runs in its own session (jupyter_client), so Ctrl-C in the terminal misses it.
+            km.provisioner.process.send_signal(signal.SIGINT)
+
+    def shutdown(self) -> None:
+        from jupyter_core.utils import run_sync
+
+        km, kc, self.km, self.kc = self.km, self.kc, None, None
+        if kc is not None:
+            kc.stop_channels()
+        if km is not None:
+            try:
+                run_sync(km.shutdown_kernel)(now=True)
+            except Exception:  # already gone: nothing left to stop
+                pass
+
+
+def _warm_trial(kernel: _Kernel, path: Path, params: dict, store, sweep_id: str) -> dict:
+    """One trial in a reused kernel, registered like :func:`run`; returns its row of the sweep table."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NotebookExecutionManager
+    from papermill.exceptions import PapermillExecutionError
+    from papermill.execute import prepare_notebook_metadata, raise_for_execution_errors, remove_error_markers
+    from papermill.iorw import load_notebook_node, write_ipynb
+    from papermill.parameterize import parameterize_notebook
+
+    class Client(PapermillNotebookClient):
+        def execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+            if SETUP_TAG not in cell.metadata.get("tags", []):
+                return super().execute_cell(cell, cell_index, execution_count, store_history)
+            cell = super().execute_cell(cell, cell_index, execution_count, store_history=False)
+            cell.execution_count = None  # the kernel reports the previous trial's count
+            return cell
+
     row = {**params, "run_id": None, "status": "failed", "error": None}
+    run_id, output, started = _register(store, path, params, sweep_id)
+    row["run_id"] = run_id
+    nb = parameterize_notebook(load_notebook_node(str(path)), params, kernel_name="python3", language="python")
+    setup = nbformat.v4.new_code_cell(_SETUP.format(run_id=run_id))
+    setup.metadata.update(tags=[SETUP_TAG], papermill={})
+    nb.cells.insert(0, setup)
+    nb = remove_error_markers(prepare_notebook_metadata(nb, str(path), str(output)))
+    manager = NotebookExecutionManager(nb, output_path=str(output), progress_bar=False)
     try:
-        result = run(path, params, settings=settings, progress=False, sweep_id=sweep_id)
-        row.update(run_id=result.run_id, status=result.status, **(result.run.get("metrics") or {}))
-    except NotebookError as exc:
-        row.update(error=str(exc).splitlines()[0], run_id=exc.run_id)
+        km, kc = kernel.client()
+        client = Client(manager, km=km, kernel_name="python3", log=_quiet_log())
+        client.kc = kc  # reuse the kernel's channels instead of opening new ones per trial
+        manager.notebook_start()
+        try:
+            client.execute()
+        finally:
+            manager.notebook_complete()
+        raise_for_execution_errors(manager.nb, str(output))
+        write_ipynb(manager.nb, str(output))
+    except PapermillExecutionError as exc:
+        if exc.ename == "KeyboardInterrupt":  # stopped by the sweep's Ctrl-C, not by the notebook
+            return _interrupted(store, run_id, started, row)
+        row["error"] = _cell_failed(store, run_id, path, started, exc).splitlines()[0]
+        return row
+    except Exception as exc:  # the kernel died (DeadKernelError) or would not start
+        kernel.shutdown()  # the next trial starts a fresh one
+        error = f"{path} could not be run: {type(exc).__name__}: {exc}"
+        store.runs.upsert(run_id, status="failed", error=error, finished_at=pd.Timestamp.now(tz="UTC"),
+                          duration_s=time.time() - started)
+        row["error"] = error
+        return row
+    result = _finished(store, run_id, path, started, output)
+    row.update(status=result.status, **(result.run.get("metrics") or {}))
     return row
+
+
+def _interrupted(store, run_id: str, started: float, row: dict) -> dict:
+    store.runs.upsert(run_id, status="interrupted", finished_at=pd.Timestamp.now(tz="UTC"),
+                      duration_s=time.time() - started)
+    return {**row, "status": "interrupted", "error": "interrupted by Ctrl-C"}
+
+
+def _quiet_log():
+    import logging
+    log = logging.getLogger("farmkit.notebooks.kernel")
+    log.setLevel(logging.WARNING)
+    return log
 
 
 def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings: Settings | None = None,
           progress: bool = True) -> tuple[str, pd.DataFrame]:
-    """Run a notebook once per grid point (one papermill run, one registered run each) under one
+    """Run a notebook once per grid point (each a registered run with its executed notebook) under one
     sweep id; returns ``(sweep_id, table)``. A failing trial is a row with its error; the rest go on.
+    Each worker reuses one kernel across its trials, reset between them; Ctrl-C stops the sweep and
+    keeps the finished trials (``table.attrs["interrupted"]`` is then True).
 
     >>> sweep_id, table = sweep("notebooks/strategies/sma_crossover.ipynb", {"fast": [5, 10], "slow": [30, 60]})
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import queue
+    import threading
 
     from tqdm.auto import tqdm
 
+    from farmkit.fmel.stores import open_store
+
+    path = Path(path).absolute()
     points = grid_points(path, grid)
     settings = (settings or Settings.from_env()).replace(run_id=None)
+    store = open_store(settings.store)
     sweep_id = new_run_id("sw")
-    rows: list[dict | None] = [None] * len(points)
-    bar = tqdm(total=len(points), unit="trial", desc=f"sweep {Path(path).stem}", disable=not progress)
-    # Each trial starts its own kernel; processes (not threads) because a run is named to its
-    # kernel through the environment, which is per process.
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    env = {k: v for k, v in os.environ.items() if k != "FARM_RUN_ID"}
+    env.update(FARM_HOME=str(settings.home), FARM_STORE=settings.store, FARM_PROGRESS="off")
+    kernels = [_Kernel(path.parent, env) for _ in range(max(1, min(workers, len(points))))]
+    todo: queue.Queue = queue.Queue()
+    for item in enumerate(points):
+        todo.put(item)
+    done: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def work(kernel: _Kernel) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    i, point = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, _warm_trial(kernel, path, point, store, sweep_id)))
+                except Exception as exc:  # e.g. the registry could not be written: say so in the row
+                    done.put((i, {**point, "run_id": None, "status": "failed",
+                                  "error": f"{type(exc).__name__}: {exc}"}))
+        finally:
+            kernel.shutdown()
+
+    rows: dict[int, dict] = {}
+    bar = tqdm(total=len(points), unit="trial", desc=f"sweep {path.stem}", disable=not progress)
+    threads = [threading.Thread(target=work, args=(k,), name=f"farm-sweep-{n}", daemon=True)
+               for n, k in enumerate(kernels)]
+    interrupted = False
     try:
-        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context) as pool:
-            futures = {pool.submit(_trial, str(path), p, settings, sweep_id): i for i, p in enumerate(points)}
-            try:
-                for future in as_completed(futures):
-                    rows[futures[future]] = future.result()
-                    best = max((r.get("sharpe", float("nan")) for r in rows if r and r["status"] == "done"),
-                               default=float("nan"))
-                    bar.set_postfix(best_sharpe=f"{best:.2f}")
-                    bar.update()
-            except KeyboardInterrupt:
-                for future in futures:
-                    future.cancel()
-                raise
+        for thread in threads:
+            thread.start()
+        try:
+            while (len(rows) < len(points) and any(t.is_alive() for t in threads)) or not done.empty():
+                try:
+                    i, row = done.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                rows[i] = row
+                best = max((r.get("sharpe", float("nan")) for r in rows.values() if r["status"] == "done"),
+                           default=float("nan"))
+                bar.set_postfix(best_sharpe=f"{best:.2f}")
+                bar.update()
+        except KeyboardInterrupt:
+            # No new trials; running ones are interrupted in their kernels and recorded as such,
+            # then every kernel is shut down by its worker.
+            interrupted = True
+            stop.set()
+            for kernel in kernels:
+                kernel.interrupt()
+            for thread in threads:
+                thread.join(timeout=30)
+            while not done.empty():
+                i, row = done.get_nowait()
+                rows[i] = row
     finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        for kernel in kernels:  # a worker that did not finish in time: do not leave its kernel behind
+            kernel.shutdown()
         bar.close()
-    table = pd.DataFrame([r for r in rows if r is not None])  # grid order
+    table = pd.DataFrame([rows[i] for i in sorted(rows)])  # grid order
+    table.attrs["interrupted"] = interrupted
     out = settings.home / "sweeps" / sweep_id
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "trials.csv", index=False)

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from array import array
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import backtrader as bt
 import duckdb
@@ -70,9 +70,10 @@ class FmelRecorder:
     """
 
     def __init__(self, run_id: str, agent_id: str, mode: str = "backtest", sink=None,
-                 batch_bars: int = 0, clock=time.time):
+                 batch_bars: int = 0, flush_seconds: float = 1.0, clock=time.time):
         self.run_id, self.agent_id, self.mode = run_id, agent_id, mode
-        self.sink, self.batch_bars, self.clock = sink, batch_bars, clock
+        self.sink, self.batch_bars, self.flush_seconds, self.clock = sink, batch_bars, flush_seconds, clock
+        self._last_flush = clock()
         self.bars = 0                 # bars recorded
         self.written = 0              # bars handed to the sink
         self.rows_written = 0
@@ -84,6 +85,8 @@ class FmelRecorder:
         self.trades: list[dict] = []      # closed trades
         self.decisions: dict[int, list] = defaultdict(list)
         self.errors: dict[int, dict] = {}
+        self.events: dict[int, list] = defaultdict(list)   # data events (late bars, malformed messages)
+        self._pending_events: deque = deque()
         self._cash_now = self._value_now = math.nan
         self._filled: dict[int, float] = {}        # order ref -> size executed so far
         self._fills: list[tuple[int, int, float, float]] = []  # (bar, symbol index, size, price)
@@ -126,6 +129,11 @@ class FmelRecorder:
         self._ntracked = len(self._tracked)
 
     # -- per bar (hot path) ----------------------------------------------------------------------
+    def note_event(self, symbol: str | None, kind: str, detail: str) -> None:
+        """A data event from the feed side (any thread); it lands in the next bar's market state."""
+        self._pending_events.append({"symbol": symbol, "event": kind, "detail": detail,
+                                     "at": round(self.clock(), 3)})
+
     def on_cashvalue(self, cash: float, value: float) -> None:
         self._cash_now, self._value_now = cash, value
 
@@ -146,8 +154,14 @@ class FmelRecorder:
         if noted:
             self.decisions[self.bars].extend(noted)
             noted.clear()
+        pending = self._pending_events
+        if pending:
+            events = self.events[self.bars]
+            while pending:
+                events.append(pending.popleft())
         self.bars += 1
-        if self.batch_bars and self.bars - self.written >= self.batch_bars:
+        if self.batch_bars and (self.bars - self.written >= self.batch_bars
+                                or self.clock() - self._last_flush >= self.flush_seconds):
             self.flush()
 
     def on_order(self, order) -> None:
@@ -199,6 +213,7 @@ class FmelRecorder:
     def flush(self, chunk: int = 100_000) -> int:
         """Hand the bars recorded since the last flush to the sink, ``chunk`` rows per batch."""
         n = 0
+        self._last_flush = self.clock()
         while self.written < self.bars:
             end = min(self.bars, self.written + chunk)
             table = self.batch(self.written, end)
@@ -254,6 +269,10 @@ class FmelRecorder:
                                        pa.timestamp("us", tz="UTC"))
         cols["decisions"] = pa.array([self._decisions_json(b) for b in range(start, end)], pa.string())
         cols["actions"] = pa.array(self._actions_json(start, end), pa.string())
+        events = [self.events.get(b) for b in range(start, end)]
+        self._with_events = any(events)
+        if self._with_events:
+            cols["ev"] = pa.array([json.dumps(e) if e else None for e in events], pa.string())
         frame = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in cols.items()})
         return self._assemble(frame)
 
@@ -312,6 +331,8 @@ class FmelRecorder:
             f"{lit(sym)}, CASE WHEN m{i}_close IS NULL THEN NULL ELSE json_object("
             + ", ".join(f"'{f}', m{i}_{f}" for f in ("open", "high", "low", "close", "volume")) + ") END"
             for i, sym in enumerate(self.symbols))
+        if self._with_events:
+            market += ", 'events', json(coalesce(ev, '[]'))"
         tracked = [f"{lit(n)}, t{j}" for j, n in enumerate(self._tracked_names)]
         tracked += [f"{lit(n)}, json(x{j})" for j, n in enumerate(self._plain)]
         positions = ", ".join(f"{lit(sym)}, p{i}" for i, sym in enumerate(self.symbols))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -23,10 +24,20 @@ class RunRegistry:
         columns = ", ".join(f"{f['name']} {_SQL_TYPES[f['type']]}"
                             + (" PRIMARY KEY" if f["name"] == "run_id" else "")
                             for f in schema.fields("runs"))
-        with closing(self._connect()) as con, con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
-            _add_missing_columns(con)
+        for attempt in range(50):
+            try:
+                with closing(self._connect()) as con, con:
+                    # Switching to WAL needs a moment alone with the file: processes opening a new store
+                    # together may find it locked; the mode sticks, so only the first one has to win.
+                    if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        con.execute("PRAGMA journal_mode=WAL")
+                    con.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+                    _add_missing_columns(con)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.05 + 0.01 * attempt)
 
     def _connect(self) -> sqlite3.Connection:
         # Short-lived connections: sweep workers, paper runs and notebooks share the file.

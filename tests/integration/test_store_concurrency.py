@@ -56,3 +56,26 @@ def test_two_writers_and_a_reader_at_once(tmp_path):
     runs = store.runs.frame().set_index("run_id")
     assert (runs.loc[list(written), "status"] == "done").all()
     assert isinstance(runs.loc[list(written)[0], "started_at"], pd.Timestamp)
+
+
+def _open(home, barrier, out):
+    barrier.wait()
+    try:
+        LocalStore(home).runs.upsert("r-" + str(time.time_ns()), agent_id="a", strategy="s", mode="backtest",
+                                     status="done", started_at=pd.Timestamp.now(tz="UTC"))
+        out.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+        out.put(repr(exc))
+
+
+def test_processes_opening_a_new_store_at_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_open, args=(str(tmp_path / "fresh"), barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == ["ok"] * 4
+    assert len(LocalStore(tmp_path / "fresh").runs.frame()) == 4

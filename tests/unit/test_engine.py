@@ -264,3 +264,15 @@ def test_strategy_failing_before_its_first_bar_says_so(farm_home, minute_bars, s
         fk.backtest(strategy, minute_bars)
     run = fk.runs().iloc[-1]
     assert run.status == "failed" and message in run.error and run.bars == 0
+
+
+def test_code_hash_is_stable_for_notebook_style_classes_and_changes_with_the_code():
+    from farmkit.engine import code_hash
+    source = ("import farmkit as fk\nclass S(fk.Strategy):\n    params = dict(n=3)\n"
+              "    def next(self):\n        return {}\n")
+    hashes = []
+    for body in ("1", "1", "2"):
+        namespace = {"__name__": "__main__"}
+        exec(compile(source.replace("{}", body), f"<cell-{len(hashes)}>", "exec"), namespace)
+        hashes.append(code_hash(namespace["S"]))
+    assert hashes[0] == hashes[1] != hashes[2]

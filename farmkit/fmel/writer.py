@@ -1,0 +1,100 @@
+"""FMEL batches written from a thread: the strategy never waits on a sink, and a failing sink
+loses nothing — batches are spilled to local disk and written again later."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+class BatchWriter:
+    """``put(table)`` returns at once; a thread hands tables to ``sink``. When ``sink`` raises, the
+    batch goes to ``spill_dir`` and is retried every ``retry_every`` seconds (and on close). The store's
+    writes are idempotent per batch, so a retry cannot duplicate records."""
+
+    def __init__(self, sink: Callable[[pa.Table], object], spill_dir: str | Path, *, retry_every: float = 5.0):
+        self.sink, self.retry_every = sink, retry_every
+        self.spill_dir = Path(spill_dir)
+        self.written = self.spilled = self.failures = 0
+        self.last_error: str | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="fmel-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Batches not yet in the sink: queued plus spilled."""
+        return self._queue.qsize() + len(self._spilled())
+
+    def put(self, table: pa.Table) -> None:
+        self._queue.put(table)
+
+    def close(self, timeout: float = 60.0) -> int:
+        """Write what is queued, retry what was spilled; returns the batches still pending on disk."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._replay()
+        left = len(self._spilled())
+        if left:
+            log.error("%d FMEL batch(es) could not be written and stay in %s (%s); they are written "
+                      "the next time a writer starts with this spill folder", left, self.spill_dir, self.last_error)
+        return left
+
+    def _run(self) -> None:
+        next_retry = time.monotonic() + self.retry_every
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.05, next_retry - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            if item is not None:
+                self._write(item)
+            if time.monotonic() >= next_retry:
+                self._replay()
+                next_retry = time.monotonic() + self.retry_every
+
+    def _write(self, table: pa.Table) -> bool:
+        try:
+            self.sink(table)
+            self.written += 1
+            return True
+        except Exception as exc:  # noqa: BLE001 - any sink failure is spilled, never lost
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("FMEL sink failed (%s); spilling the batch to %s", self.last_error, self.spill_dir)
+            self._spill(table)
+            return False
+
+    def _spill(self, table: pa.Table) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        temporary = self.spill_dir / f".{name}.tmp"
+        pq.write_table(table, temporary)
+        temporary.replace(self.spill_dir / name)
+        self.spilled += 1
+
+    def _spilled(self) -> list[Path]:
+        return sorted(self.spill_dir.glob("*.parquet")) if self.spill_dir.exists() else []
+
+    def _replay(self) -> None:
+        for path in self._spilled():
+            try:
+                self.sink(pq.read_table(path))
+            except Exception as exc:  # noqa: BLE001 - stays on disk for the next try
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                return
+            path.unlink()
+            self.written += 1

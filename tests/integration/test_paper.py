@@ -1,0 +1,93 @@
+"""fk.paper on the memory bus: the backtest's wiring with live feeds, FMEL in paper mode."""
+
+import json
+import threading
+
+import pytest
+
+import farmkit as fk
+from farmkit.bus import open_bus, publish_record
+from farmkit.fmel.stores import open_store
+from farmkit.model import Bar
+from farmkit.paper import paper
+from tests.unit.test_engine import TrackedCross
+
+
+def bars_of(frame, symbol):
+    return [Bar(symbol=symbol, timestamp=t, open=r.open, high=r.high, low=r.low, close=r.close,
+                volume=r.volume, source="test") for t, r in zip(frame.index, frame.itertuples())]
+
+
+def publisher(bus, messages, started):
+    def run(session):
+        def go():
+            for m in messages:
+                if isinstance(m, Bar):
+                    publish_record(bus, "market-data", m)
+                else:
+                    bus.publish("market-data", m[0], **m[1])
+            bus.flush()
+        threading.Thread(target=go, daemon=True).start()
+        started.set()
+    return run
+
+
+def test_paper_on_memory_bus_decides_like_the_backtest(farm_home):
+    data = fk.data.synthetic("AAPL", days=1, seed=5)
+    history, live = data["AAPL"].iloc[:60], data["AAPL"].iloc[60:]
+    bus = open_bus("memory://")
+    started = threading.Event()
+    res = paper(TrackedCross, ["AAPL"], bus=bus, history=fk.Bars(AAPL=history), max_bars=len(data["AAPL"]),
+                duration=60, on_start=publisher(bus, bars_of(live, "AAPL"), started), batch_bars=50)
+    assert started.is_set()
+    records = fk.fmel.load(res.run_id)
+    assert len(records) == len(data["AAPL"]) and (records["mode"] == "paper").all()
+    assert records.record_id.is_unique
+    reference = fk.backtest(TrackedCross, data).fmel
+    decide = lambda frame: [[(d["action"], d.get("size")) for d in json.loads(x)] for x in frame.decisions]
+    assert decide(records) == decide(reference)
+    assert records.strategy_state.tolist() == reference.strategy_state.tolist()
+    run = fk.runs().set_index("run_id").loc[res.run_id]
+    assert run["mode"] == "paper" and run.status == "done" and run.metrics["messages"]["routed"] == len(live)
+
+
+def test_duplicates_late_and_malformed_messages_are_acked_counted_and_recorded(farm_home):
+    frame = fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:40]
+    bars = bars_of(frame, "AAPL")
+    messages = bars[:20] + [bars[5], bars[19]]             # duplicates
+    messages += [(b"{not json", {"type": "bar", "symbol": "AAPL"})]
+    bad = json.loads(bars[20].to_wire())
+    bad["close"] = -1.0
+    messages += [(json.dumps(bad).encode(), {"type": "bar", "symbol": "AAPL"})]
+    messages += bars[21:30] + [bars[25 - 10]] + bars[30:]  # a late bar after bar 29
+    bus = open_bus("memory://")
+    res = paper(TrackedCross, ["AAPL"], bus=bus, max_bars=39, duration=60,
+                on_start=publisher(bus, messages, threading.Event()))
+    counts = res.metrics["messages"]
+    assert counts["routed"] == 39 and counts["duplicate"] == 3 and counts["malformed"] == 2
+    records = fk.fmel.load(res.run_id)
+    assert len(records) == 39      # bar 20 (negative close) never reached the strategy
+    events = [e for m in records.market_state.map(json.loads) for e in m.get("events", [])]
+    kinds = sorted(e["event"] for e in events)
+    assert kinds == ["malformed", "malformed"]   # the late bar 15 is a duplicate: it was seen before
+    assert any("JSON" in e["detail"] or "json" in e["detail"] for e in events)
+
+
+def test_a_failing_store_spills_and_nothing_is_lost(farm_home, tmp_path):
+    frame = fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:120]
+    bus = open_bus("memory://")
+    store = open_store(farm_home.store)
+    real_write, calls = store.write_fmel, {"n": 0}
+
+    def flaky(table):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError("disk on fire")
+        return real_write(table)
+
+    store.write_fmel = flaky
+    res = paper(TrackedCross, ["AAPL"], bus=bus, store=store, max_bars=120, duration=60, batch_bars=30,
+                on_start=publisher(bus, bars_of(frame, "AAPL"), threading.Event()))
+    records = fk.fmel.load(res.run_id)
+    assert calls["n"] > 2 and list(records.bar_number) == list(range(120))
+    assert not list((farm_home.home / "spill" / res.run_id).glob("*.parquet"))

@@ -10,6 +10,7 @@ from farmkit.bus import open_bus, publish_record
 from farmkit.fmel.stores import open_store
 from farmkit.model import Bar
 from farmkit.paper import paper
+from tests.pubsub_emulator import pubsub_emulator  # noqa: F401  (the session fixture)
 from tests.unit.test_engine import TrackedCross
 
 
@@ -91,3 +92,21 @@ def test_a_failing_store_spills_and_nothing_is_lost(farm_home, tmp_path):
     records = fk.fmel.load(res.run_id)
     assert calls["n"] > 2 and list(records.bar_number) == list(range(120))
     assert not list((farm_home.home / "spill" / res.run_id).glob("*.parquet"))
+
+
+@pytest.mark.service
+def test_paper_through_the_pubsub_emulator_with_duplicates(farm_home, monkeypatch, pubsub_emulator):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    frame = fk.data.synthetic("MSFT", days=1, seed=9)["MSFT"].iloc[:80]
+    bars = bars_of(frame, "MSFT")
+    bus = open_bus("pubsub://farm-local")
+    feed_bus = open_bus("pubsub://farm-local")
+    res = paper(TrackedCross, ["MSFT"], bus=bus, max_bars=80, duration=120, subscription="paper-emulator-test",
+                on_start=publisher(feed_bus, bars + bars[10:20], threading.Event()))
+    feed_bus.close()
+    bus.close()
+    records = fk.fmel.load(res.run_id)
+    assert list(records.bar_number) == list(range(80)) and records.record_id.is_unique
+    assert res.metrics["messages"]["routed"] == 80
+    closes = [json.loads(m)["MSFT"]["close"] for m in records.market_state]
+    assert closes == frame["close"].tolist()

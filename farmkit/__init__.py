@@ -13,6 +13,7 @@ from farmkit.data.bars import Bars
 from farmkit.engine import backtest
 from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
 from farmkit.lookahead import LookaheadReport, check_lookahead
+from farmkit.paper import paper
 from farmkit.result import BacktestResult
 from farmkit.settings import Settings
 from farmkit.split import WalkForward
@@ -24,5 +25,5 @@ runs = fmel.runs
 __all__ = [
     "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Settings",
     "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel",
-    "runs", "sweep",
+    "paper", "runs", "sweep",
 ]

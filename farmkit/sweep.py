@@ -14,6 +14,7 @@ import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from functools import partial
 
 import backtrader as bt
@@ -188,9 +189,16 @@ def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash
     >>> res = sweep(SmaCross, bars, {"fast": [5, 10], "slow": [30, 60]}, workers=2, commission=0.0005)
     >>> res.best("sharpe")
     >>> sweep(SmaCross, bars, {"fast": [5, 10]}, split=0.7, warmup_bars=60).summary()
+    >>> sweep("notebooks/strategies/sma_crossover.ipynb", None, {"fast": [5, 10]}, workers=2)
+
+    A notebook path runs the notebook once per grid point (it makes its own data from its
+    parameters, so ``data`` must be None).
     """
+    if isinstance(strategy, (str, Path)):
+        return _notebook_sweep(Path(strategy), data, grid, workers=workers, settings=settings,
+                               progress=progress, extra=dict(fixed, split=split, warmup_bars=warmup_bars))
     if not (isinstance(strategy, type) and issubclass(strategy, bt.Strategy)):
-        raise TypeError(f"strategy must be a backtrader Strategy class, got {strategy!r}")
+        raise TypeError(f"strategy must be a backtrader Strategy class or a notebook path, got {strategy!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     points = grid_points(strategy, grid, fixed)
@@ -306,3 +314,19 @@ def _table(outcomes: list[tuple], names: list[str]) -> pd.DataFrame:
     # Each run's own figures deflate against its whole family; here the sweep is the family in view.
     table = table.drop(columns=[c for c in (*_HONEST[4:], "trials") if c in table.columns])
     return pd.concat([table, extra.astype("float64")], axis=1)
+
+
+def _notebook_sweep(path: Path, data, grid, *, workers, settings, progress, extra) -> SweepResult:
+    from farmkit import notebooks
+
+    if data is not None:
+        raise ParameterError("a notebook makes its own data from its parameters: pass data=None "
+                             "and put data choices (symbols, days, ...) in the grid")
+    unsupported = sorted(k for k, v in extra.items() if v not in (None, 0))
+    if unsupported:
+        raise ParameterError(f"{', '.join(unsupported)} not supported for notebook sweeps; put fixed "
+                             "values in the notebook's parameters cell, or sweep a Strategy class")
+    settings = settings or Settings.from_env()
+    sweep_id, table = notebooks.sweep(path, grid, workers=workers, settings=settings, progress=progress is not False)
+    return SweepResult(sweep_id=sweep_id, strategy=path.stem, params=list(grid), table=table,
+                       interrupted=bool(table.attrs.get("interrupted")), store=open_store(settings.store))

@@ -7,6 +7,7 @@ import time
 import nbformat
 import psutil
 import pytest
+from pathlib import Path
 
 import farmkit as fk
 from farmkit import notebooks
@@ -108,3 +109,14 @@ def test_ctrl_c_keeps_finished_trials_and_shuts_kernels_down(farm_home, notebook
     assert fk.runs().set_index("run_id").loc[table.run_id[1], "status"] == "interrupted"
     kernels = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
     assert not [p for p in kernels if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_fk_sweep_takes_a_notebook(farm_home):
+    import farmkit as fk
+    root = Path(__file__).resolve().parents[2]
+    res = fk.sweep(root / "notebooks" / "strategies" / "sma_crossover.ipynb", None,
+                   {"fast": [3, 5], "days": [4]}, workers=1, progress=False)
+    assert list(res.table.fast) == [3, 5] and (res.table.status == "done").all()
+    assert res.best("sharpe")["fast"] in (3, 5)
+    with pytest.raises(fk.ParameterError, match="data=None"):
+        fk.sweep(root / "notebooks" / "strategies" / "sma_crossover.ipynb", fk.data.synthetic("X", days=1), {"fast": [3]})

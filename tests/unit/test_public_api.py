@@ -5,7 +5,7 @@ def test_public_api_is_curated():
     assert sorted(fk.__all__) == [
         "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Settings",
         "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel",
-        "runs", "sweep",
+        "paper", "runs", "sweep",
     ]
     assert sorted(fk.data.__all__) == ["Bars", "alpaca", "load", "synthetic", "to_bars"]
 

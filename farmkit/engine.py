@@ -47,16 +47,14 @@ class BrokerConfig:
         """The keyword arguments of ``fk.backtest`` that rebuild this broker."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def apply(self, cerebro: bt.Cerebro) -> None:
-        broker = cerebro.broker
-        broker.setcash(self.cash)
-        broker.setcommission(commission=self.commission)
-        if self.slippage_perc:
-            broker.set_slippage_perc(self.slippage_perc, slip_open=self.slip_open)
-        elif self.slippage_fixed:
-            broker.set_slippage_fixed(self.slippage_fixed, slip_open=self.slip_open)
-        broker.set_coc(self.coc)
-        broker.set_coo(self.coo)
+    def apply(self, cerebro: bt.Cerebro, broker: bt.broker.BrokerBase | None = None) -> None:
+        """Configure cerebro's broker (or install ``broker``, e.g. Alpaca paper, which keeps its own
+        cash and fees); the sizer always goes on cerebro."""
+        from farmkit.brokers.sim import configure
+        if broker is None:
+            configure(cerebro.broker, self)
+        else:
+            cerebro.setbroker(broker)
         if self.sizer is not None:
             cerebro.addsizer(self.sizer, **self.sizer_params)
 
@@ -279,13 +277,13 @@ def history_feeds(bars: Bars) -> list[HistoryFeed]:
 
 
 def build_cerebro(strategy: type, feeds: list, broker: BrokerConfig, recorder: FmelRecorder,
-                  params: dict, **cerebro_kwargs) -> bt.Cerebro:
+                  params: dict, *, broker_instance=None, **cerebro_kwargs) -> bt.Cerebro:
     """The wiring shared by every kind of run: backtest and paper differ only in the feeds (and so
     the clock). Observers are off: FMEL records what they would plot."""
     cerebro = bt.Cerebro(stdstats=False, **cerebro_kwargs)
     for feed in feeds:
         cerebro.adddata(feed)
-    broker.apply(cerebro)
+    broker.apply(cerebro, broker_instance)
     cerebro.addstrategy(strategy, **params)
     cerebro.addanalyzer(RecorderHook, _name="fmel", recorder=recorder)
     return cerebro

@@ -15,6 +15,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from farmkit.brokers import open_broker
 from farmkit.data.bars import Bars, to_bars
 from farmkit.engine import (BrokerConfig, build_cerebro, check_params, code_hash, new_run_id, register_run,
                             run_cerebro)
@@ -66,11 +67,12 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
           cash: float = 100_000.0, commission: float = 0.0, history=None, agent_id: str | None = None,
           settings: Settings | None = None, store=None, max_bars: int | None = None,
           duration: float | None = None, batch_bars: int = 500, flush_seconds: float = 1.0, qcheck: float = 0.5,
-          on_start=None, **params):
+          broker_url: str | None = None, on_start=None, **params):
     """Paper-trade a strategy on live bars from the bus until stopped; returns a ``BacktestResult``
     of the session (mode ``paper``).
 
     ``history`` (``fk.data`` output for the same symbols) primes the indicators before going live.
+    ``broker_url`` (default ``FARM_BROKER``) is ``sim://`` (fills as in the backtest) or ``alpaca-paper://``.
     The run ends after ``max_bars`` bars of the strategy, after ``duration`` seconds, when the bus
     feed ends, or when ``session.stop()`` is called (``on_start(session)`` receives the session).
 
@@ -99,7 +101,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
                          timeframe=bt.TimeFrame.Minutes, compression=1) for s in symbols}
     router = BarRouter(feeds, on_event=recorder.note_event)
     session = PaperSession(run_id, feeds, router, recorder, writer)
-    cerebro = build_cerebro(strategy, list(feeds.values()), broker, recorder, params)
+    cerebro = build_cerebro(strategy, list(feeds.values()), broker, recorder, params,
+                            broker_instance=open_broker(broker_url or settings.broker, broker, run_id=run_id))
     session.cerebro = cerebro
 
     subscription = subscription or _subscription_name(agent_id, symbols)

@@ -14,6 +14,7 @@ from farmkit.engine import backtest
 from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
 from farmkit.lookahead import LookaheadReport, check_lookahead
 from farmkit.paper import paper
+from farmkit.parity import Parity, parity
 from farmkit.result import BacktestResult
 from farmkit.settings import Settings
 from farmkit.split import WalkForward
@@ -23,7 +24,7 @@ from farmkit.sweep import SweepResult, sweep
 runs = fmel.runs
 
 __all__ = [
-    "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Settings",
+    "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Parity", "Settings",
     "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel",
-    "paper", "runs", "sweep",
+    "paper", "parity", "runs", "sweep",
 ]

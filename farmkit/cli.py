@@ -15,6 +15,7 @@ _EPILOG = """examples:
   farm sweep notebooks/strategies/sma_crossover.ipynb --grid fast=5,10 --grid slow=30,60 --workers 2
   farm check-lookahead notebooks/strategies/sma_crossover.ipynb
   farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross
+  farm parity RUN_ID --strategy strategies.py:SmaCross
   farm runs                      # recent runs with their metrics
   farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
 
@@ -74,6 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--agents-dir", default="agents", help="where agents live (default agents/)")
     pr.add_argument("--force", action="store_true", help="replace an existing agent of that name")
     pr.set_defaults(handler=_promote)
+
+    pa = sub.add_parser("parity", help="replay a paper run through a backtest and compare decisions",
+                        description="Rebuild the bars a paper run consumed from its FMEL, backtest the same "
+                        "strategy on them with the run's parameters, and report identical decisions or the "
+                        "first divergence with both records side by side. Exits 1 on a divergence.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  farm parity paper-20261124-101500-ab12cd --strategy strategies.py:SmaCross")
+    pa.add_argument("run_id")
+    pa.add_argument("--strategy", required=True, metavar="FILE.py:CLASS",
+                    help="where the strategy class is: a Python file or module, and the class name")
+    pa.set_defaults(handler=_parity)
 
     runs = sub.add_parser("runs", help="list recent runs with their metrics")
     runs.add_argument("-n", type=int, default=20, help="how many (default 20)")
@@ -155,6 +167,30 @@ def _promote(args) -> int:
     print(f"agent {agent.name} at {agent.path}: strategy {agent.manifest.get('strategy')}, "
           f"{check.get('bars')} bars of decisions verified identical (sha256 {str(check.get('decisions_sha256'))[:12]})")
     return 0
+
+
+def _load_class(spec: str) -> type:
+    import importlib
+    import runpy
+    from farmkit.errors import ParameterError
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ParameterError(f"--strategy expects FILE.py:CLASS or module:CLASS, got {spec!r}")
+    namespace = runpy.run_path(where) if where.endswith(".py") else vars(importlib.import_module(where))
+    if name not in namespace:
+        raise ParameterError(f"{where} defines no {name}; it defines: "
+                             + ", ".join(k for k, v in namespace.items() if isinstance(v, type)))
+    return namespace[name]
+
+
+def _parity(args) -> int:
+    from farmkit.parity import parity
+    report = parity(args.run_id, _load_class(args.strategy))
+    print(report)
+    if not report.identical:
+        with pd.option_context("display.width", 160, "display.max_colwidth", 60):
+            print(report.side_by_side.to_string())
+    return 0 if report.identical else 1
 
 
 def _runs(args) -> int:

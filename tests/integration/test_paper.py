@@ -110,3 +110,41 @@ def test_paper_through_the_pubsub_emulator_with_duplicates(farm_home, monkeypatc
     assert res.metrics["messages"]["routed"] == 80
     closes = [json.loads(m)["MSFT"]["close"] for m in records.market_state]
     assert closes == frame["close"].tolist()
+
+
+class WallClockTrader(fk.Strategy):
+    """Depends on something the replay cannot reproduce: the 25th bar it processes live."""
+
+    params = dict(live=False)
+
+    def next(self):
+        if self.p.live and len(self) == 25:
+            self.buy(size=1, reason="a flag only the live run has")
+
+
+def test_parity_replays_the_paper_run(farm_home):
+    from farmkit.parity import parity
+    frame = fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:150]
+    bus = open_bus("memory://")
+    res = paper(TrackedCross, ["AAPL"], bus=bus, max_bars=150, duration=60,
+                on_start=publisher(bus, bars_of(frame, "AAPL"), threading.Event()))
+    same = parity(res.run_id, TrackedCross)
+    assert same.identical and same.bars == 150, str(same)
+    bus = open_bus("memory://")
+    odd = paper(WallClockTrader, ["AAPL"], bus=bus, max_bars=60, duration=60, live=True,
+                on_start=publisher(bus, bars_of(frame.iloc[:60], "AAPL"), threading.Event()))
+    report = parity(odd.run_id, WallClockTrader, live=False)
+    assert not report.identical and int(report.differences.paper_bar.iloc[0]) == 24
+    assert "first differ at" in str(report) and list(report.side_by_side.columns) == ["paper", "backtest"]
+
+
+def test_farm_parity_command(farm_home, tmp_path, capsys):
+    from farmkit import cli
+    frame = fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:80]
+    bus = open_bus("memory://")
+    res = paper(TrackedCross, ["AAPL"], bus=bus, max_bars=80, duration=60,
+                on_start=publisher(bus, bars_of(frame, "AAPL"), threading.Event()))
+    assert cli.main(["parity", res.run_id, "--strategy", "tests.unit.test_engine:TrackedCross"]) == 0
+    assert "identical decisions on all 80 bars" in capsys.readouterr().out
+    assert cli.main(["parity", res.run_id, "--strategy", "tests.unit.test_engine:Nope"]) == 1
+    assert "defines no Nope" in capsys.readouterr().err

@@ -5,41 +5,24 @@ the live path (or a strategy that depends on wall time)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pandas as pd
 
 from farmkit.data.bars import Bars
-from farmkit.fmel.query import _store
+from farmkit.fmel.query import Comparison, compare, default_store
 
 
-@dataclass(frozen=True)
-class Parity:
-    """The outcome of :func:`parity`. ``differences`` has one row per bar whose decisions differ;
-    ``side_by_side`` shows both records of the first such bar."""
-
-    paper_run_id: str
-    backtest_run_id: str
-    bars: int
-    differences: pd.DataFrame
-    side_by_side: pd.DataFrame | None
-
-    @property
-    def identical(self) -> bool:
-        return self.differences.empty
+class Parity(Comparison):
+    """:class:`~farmkit.fmel.query.Comparison` of a paper run (``run_a``) with its replay (``run_b``)."""
 
     def __str__(self) -> str:
         if self.identical:
-            return (f"paper run {self.paper_run_id} and its replay {self.backtest_run_id} took identical "
-                    f"decisions on all {self.bars} bars")
+            return (f"paper run {self.run_a} and its replay {self.run_b} took identical decisions on all "
+                    f"{self.bars} bars")
         first = self.differences.iloc[0]
-        return (f"paper run {self.paper_run_id} and its replay {self.backtest_run_id} first differ at "
-                f"{first.timestamp} (paper bar {first.paper_bar}): paper decided {first.paper}, the "
-                f"backtest decided {first.backtest}; {len(self.differences)} bar(s) differ in all")
-
-    def _repr_html_(self) -> str:
-        head = f"<p>{'Identical' if self.identical else 'Divergence'}: {self}</p>"
-        return head + ("" if self.side_by_side is None else self.side_by_side.to_html())
+        return (f"paper run {self.run_a} and its replay {self.run_b} first differ at {first.timestamp} "
+                f"(paper bar {first.bar_a}): paper decided {first.decisions_a}, the backtest decided "
+                f"{first.decisions_b}; {len(self.differences)} bar(s) differ in all")
 
 
 def consumed_bars(records: pd.DataFrame) -> Bars:
@@ -57,10 +40,6 @@ def consumed_bars(records: pd.DataFrame) -> Bars:
     return bars
 
 
-def _decisions(text: str) -> list[tuple]:
-    return [(d.get("action"), d.get("symbol"), d.get("size")) for d in json.loads(text)]
-
-
 def parity(paper_run_id: str, strategy: type, *, store=None, cash: float | None = None,
            commission: float = 0.0, **params) -> Parity:
     """Replay a paper run's bars through ``fk.backtest(strategy)`` and compare the decisions.
@@ -71,7 +50,7 @@ def parity(paper_run_id: str, strategy: type, *, store=None, cash: float | None 
     """
     from farmkit.engine import backtest
 
-    store = _store(store)
+    store = default_store(store)
     records = store.fmel(paper_run_id)
     if records.empty:
         raise KeyError(f"no FMEL records for run {paper_run_id!r}; fk.runs() lists the runs")
@@ -82,21 +61,5 @@ def parity(paper_run_id: str, strategy: type, *, store=None, cash: float | None 
         cash = first["equity"] - first["pnl"]
     replay = backtest(strategy, consumed_bars(records), cash=cash, commission=commission, store=store,
                       agent_id=f"{run.get('agent_id') or strategy.__name__}/parity", **params)
-    theirs = replay.fmel.set_index("timestamp")
-    rows = []
-    for bar, ts, text in zip(records.bar_number, records.timestamp, records.decisions):
-        if ts not in theirs.index:
-            rows.append((ts, bar, None, _decisions(text), "(no bar)"))
-            continue
-        mine, other = _decisions(text), _decisions(theirs.at[ts, "decisions"])
-        if mine != other:
-            rows.append((ts, bar, int(theirs.at[ts, "bar_number"]), mine, other))
-    differences = pd.DataFrame(rows, columns=["timestamp", "paper_bar", "backtest_bar", "paper", "backtest"])
-    side = None
-    if rows:
-        from farmkit.fmel.query import explain
-        first = differences.iloc[0]
-        side = pd.concat({"paper": explain(paper_run_id, bar=int(first.paper_bar), store=store)["value"],
-                          "backtest": explain(replay.run_id, timestamp=first.timestamp, store=store)["value"]},
-                         axis=1)
-    return Parity(paper_run_id, replay.run_id, len(records), differences, side)
+    found = compare(paper_run_id, replay.run_id, store=store)
+    return Parity(found.run_a, found.run_b, found.bars, found.differences, found.side_by_side)

@@ -46,6 +46,28 @@ class Strategy(bt.Strategy):
         """
         self.tracked.update(values)
 
+    _OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b}
+
+    def condition(self, name: str, value: float, op: str, threshold: float) -> bool:
+        """Record a trading condition and whether it holds this bar; returns it, so it can gate an order.
+        ``fk.fmel.why_not`` later shows how far each condition was from being met on a hold.
+
+        >>> if self.condition("fast above slow", self.fast[0] - self.slow[0], ">", 0):
+        ...     self.buy(reason="fast SMA above slow")
+        """
+        if op not in self._OPS:
+            raise ValueError(f"op must be one of {', '.join(self._OPS)}, got {op!r}")
+        value, threshold = float(value), float(threshold)
+        met = value == value and self._OPS[op](value, threshold)   # NaN (warm-up) is never met
+        conditions = self.tracked.get("conditions")
+        if conditions is None or getattr(self, "_fk_conditions_bar", None) != len(self):
+            conditions = self.tracked["conditions"] = {}   # a fresh dict per bar: earlier bars keep theirs
+            self._fk_conditions_bar = len(self)
+        conditions[name] = {"value": value if value == value else None, "op": op, "threshold": threshold,
+                            "met": bool(met)}
+        return bool(met)
+
     # -- decisions -------------------------------------------------------------------------------
     @property
     def decisions(self) -> list:

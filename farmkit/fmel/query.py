@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pandas as pd
 
 from farmkit.settings import Settings
 
 
-def _store(store=None):
+def default_store(store=None):
+    """The given store, or the one FARM_STORE names."""
     if store is not None:
         return store
     from farmkit.fmel.stores import open_store
@@ -21,12 +23,12 @@ def load(run_id: str, *, store=None) -> pd.DataFrame:
 
     >>> fk.fmel.load(res.run_id).head()
     """
-    return _store(store).fmel(run_id)
+    return default_store(store).fmel(run_id)
 
 
 def runs(*, store=None) -> pd.DataFrame:
     """The run registry: one row per backtest, trial or paper session."""
-    return _store(store).runs.frame()
+    return default_store(store).runs.frame()
 
 
 def sql(query: str, *, store=None) -> pd.DataFrame:
@@ -34,12 +36,12 @@ def sql(query: str, *, store=None) -> pd.DataFrame:
 
     >>> fk.fmel.sql("SELECT run_id, count(*) FROM fmel GROUP BY run_id")
     """
-    return _store(store).sql(query)
+    return default_store(store).sql(query)
 
 
 def record(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -> dict:
     """One FMEL record with its JSON fields decoded."""
-    store = _store(store)
+    store = default_store(store)
     if bar is None and timestamp is None:
         raise ValueError("explain needs bar= (bar number) or timestamp=")
     if bar is not None:
@@ -105,3 +107,135 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:,.6g}" if abs(value) < 1e6 else f"{value:,.2f}"
     return "null" if value is None else str(value)
+
+
+def _quote(value) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _utc(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+
+
+def decisions(run_id: str | None = None, *, agent_id: str | None = None, start=None, end=None,
+              symbol: str | None = None, action: str | None = None, include_holds: bool = False,
+              store=None) -> pd.DataFrame:
+    """Decisions as rows (one per decision, holds left out unless asked for), filtered by run or
+    agent, time range, symbol and action.
+
+    >>> fk.fmel.decisions(res.run_id, action="buy").head()
+    """
+    if run_id is None and agent_id is None:
+        raise ValueError("decisions needs run_id or agent_id= (fk.runs() lists them)")
+    where = [f"run_id = {_quote(run_id)}"] if run_id else []
+    if agent_id:
+        where.append(f"agent_id = {_quote(agent_id)}")
+    if start is not None:
+        where.append(f"timestamp >= TIMESTAMPTZ {_quote(_utc(start).isoformat())}")
+    if end is not None:
+        where.append(f"timestamp <= TIMESTAMPTZ {_quote(_utc(end).isoformat())}")
+    outer = []
+    if symbol:
+        outer.append(f"d->>'symbol' = {_quote(symbol)}")
+    if action:
+        outer.append(f"d->>'action' = {_quote(action)}")
+    elif not include_holds:
+        outer.append("d->>'action' <> 'hold'")
+    query = f"""
+        WITH d AS (SELECT run_id, agent_id, bar_number, timestamp,
+                          unnest(from_json(decisions, '["json"]')) AS d
+                   FROM fmel WHERE {' AND '.join(where)})
+        SELECT run_id, agent_id, bar_number, timestamp, d->>'action' AS action, d->>'symbol' AS symbol,
+               TRY_CAST(d->>'size' AS DOUBLE) AS size, d->>'reason' AS reason,
+               TRY_CAST(d->>'confidence' AS DOUBLE) AS confidence, d->'signals' AS signals
+        FROM d {('WHERE ' + ' AND '.join(outer)) if outer else ''}
+        ORDER BY run_id, bar_number"""
+    frame = default_store(store).sql(query, run_id=run_id)
+    frame["signals"] = frame["signals"].map(lambda v: json.loads(v) if isinstance(v, str) else None)
+    return frame
+
+
+_DISTANCE = {">": lambda v, t: t - v, ">=": lambda v, t: t - v, "<": lambda v, t: v - t, "<=": lambda v, t: v - t}
+
+
+def why_not(run_id: str, timestamp=None, *, bar: int | None = None, store=None) -> pd.DataFrame:
+    """Why the strategy did not trade at a bar: each condition it recorded with ``self.condition``,
+    its value, the threshold, whether it held, and how far the value was from meeting it.
+
+    >>> fk.fmel.why_not(res.run_id, "2024-01-03 15:42")
+    """
+    rec = record(run_id, bar, timestamp, store=store)
+    conditions = ((rec["strategy_state"] or {}).get("tracked") or {}).get("conditions")
+    taken = [d for d in rec["decisions"] or [] if d.get("action") not in ("hold", None)]
+    if not conditions:
+        tracked = ", ".join((rec["strategy_state"] or {}).get("tracked", {})) or "none"
+        raise KeyError(f"run {run_id} recorded no conditions at bar {rec['bar_number']}; record them in next() "
+                       f"with self.condition(name, value, op, threshold). Tracked values there: {tracked}")
+    rows = []
+    for name, c in conditions.items():
+        value = c.get("value")
+        distance = None if value is None else max(0.0, _DISTANCE[c["op"]](value, c["threshold"]))
+        rows.append((name, value, c["op"], c["threshold"], c["met"], distance))
+    table = pd.DataFrame(rows, columns=["condition", "value", "op", "threshold", "met", "distance"])
+    table.attrs.update(run_id=run_id, bar_number=int(rec["bar_number"]), timestamp=rec["timestamp"],
+                       decisions=[d.get("action") for d in rec["decisions"] or []], traded=bool(taken))
+    return table
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs' decisions bar by bar (aligned on bar time). ``differences`` has one row per bar
+    where they differ; ``side_by_side`` shows both records of the first such bar."""
+
+    run_a: str
+    run_b: str
+    bars: int
+    differences: pd.DataFrame
+    side_by_side: pd.DataFrame | None
+
+    @property
+    def identical(self) -> bool:
+        return self.differences.empty
+
+    def __str__(self) -> str:
+        if self.identical:
+            return f"runs {self.run_a} and {self.run_b} took identical decisions on all {self.bars} bars"
+        first = self.differences.iloc[0]
+        return (f"runs {self.run_a} and {self.run_b} first differ at {first.timestamp} (bar {first.bar_a} of "
+                f"{self.run_a}): {first.decisions_a} against {first.decisions_b}; "
+                f"{len(self.differences)} bar(s) differ in all")
+
+    def _repr_html_(self) -> str:
+        return f"<p>{self}</p>" + ("" if self.side_by_side is None else self.side_by_side.to_html())
+
+
+def _decided(text: str) -> list[tuple]:
+    return [(d.get("action"), d.get("symbol"), d.get("size")) for d in json.loads(text)]
+
+
+def compare(run_a: str, run_b: str, *, store=None) -> Comparison:
+    """Compare two runs' decisions (action, symbol, size) on the bars they share, by bar time.
+
+    >>> fk.fmel.compare(run_a, run_b).side_by_side
+    """
+    store = default_store(store)
+    a, b = store.fmel(run_a), store.fmel(run_b)
+    if a.empty or b.empty:
+        raise KeyError(f"no FMEL records for run {run_a if a.empty else run_b!r}; fk.runs() lists the runs")
+    other = b.set_index("timestamp")
+    rows = []
+    for bar, ts, text in zip(a.bar_number, a.timestamp, a.decisions):
+        if ts not in other.index:
+            rows.append((ts, bar, None, _decided(text), "(no bar)"))
+            continue
+        mine, theirs = _decided(text), _decided(other.at[ts, "decisions"])
+        if mine != theirs:
+            rows.append((ts, bar, int(other.at[ts, "bar_number"]), mine, theirs))
+    differences = pd.DataFrame(rows, columns=["timestamp", "bar_a", "bar_b", "decisions_a", "decisions_b"])
+    side = None
+    if rows:
+        first = differences.iloc[0]
+        side = pd.concat({run_a: explain(run_a, bar=int(first.bar_a), store=store)["value"],
+                          run_b: explain(run_b, timestamp=first.timestamp, store=store)["value"]}, axis=1)
+    return Comparison(run_a, run_b, len(a), differences, side)

@@ -134,8 +134,8 @@ def test_parity_replays_the_paper_run(farm_home):
     odd = paper(WallClockTrader, ["AAPL"], bus=bus, max_bars=60, duration=60, live=True,
                 on_start=publisher(bus, bars_of(frame.iloc[:60], "AAPL"), threading.Event()))
     report = parity(odd.run_id, WallClockTrader, live=False)
-    assert not report.identical and int(report.differences.paper_bar.iloc[0]) == 24
-    assert "first differ at" in str(report) and list(report.side_by_side.columns) == ["paper", "backtest"]
+    assert not report.identical and int(report.differences.bar_a.iloc[0]) == 24
+    assert "first differ at" in str(report) and list(report.side_by_side.columns) == [odd.run_id, report.run_b]
 
 
 def test_farm_parity_command(farm_home, tmp_path, capsys):

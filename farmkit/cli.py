@@ -87,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the strategy class is: a Python file or module, and the class name")
     pa.set_defaults(handler=_parity)
 
+    rn = sub.add_parser("runner", help="run an agent as a paper-trading pod (what the StatefulSet runs)",
+                        description="Run agents/NAME/agent.ipynb in paper mode through papermill, with /healthz, "
+                        "/readyz and /metrics on FARM_HEALTH_PORT, checkpoints in FARM_STATE_DIR, and a clean "
+                        "stop on SIGTERM. Settings come from the environment (FARM_BUS, FARM_SUBSCRIPTION, ...).",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  FARM_BUS=pubsub://my-project FARM_STATE_DIR=/state farm runner agents/sma-cross")
+    rn.add_argument("agent_dir")
+    rn.add_argument("--grace", type=float, default=20.0, help="seconds to stop cleanly after SIGTERM (default 20)")
+    rn.set_defaults(handler=_runner)
+
     runs = sub.add_parser("runs", help="list recent runs with their metrics")
     runs.add_argument("-n", type=int, default=20, help="how many (default 20)")
     runs.set_defaults(handler=_runs)
@@ -191,6 +201,11 @@ def _parity(args) -> int:
         with pd.option_context("display.width", 160, "display.max_colwidth", 60):
             print(report.side_by_side.to_string())
     return 0 if report.identical else 1
+
+
+def _runner(args) -> int:
+    from runner.service import main as runner_main
+    return runner_main([args.agent_dir, "--grace", str(args.grace)])
 
 
 def _runs(args) -> int:

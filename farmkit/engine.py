@@ -231,10 +231,18 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
                         f"got {strategy!r}")
     check_params(strategy, params)
     bars = to_bars(data, tz=tz)
+    settings = settings or Settings.from_env()
+    if settings.mode == "paper":
+        # A paper pod runs the research notebook unchanged: its bars prime the indicators, live bars
+        # come from the bus. The one place where the two modes part.
+        from farmkit.paper import paper
+        return paper(strategy, list(bars), history=_warmup(bars, settings.warmup_bars), bus=settings.bus,
+                     subscription=settings.subscription, agent_id=agent_id or settings.agent_id,
+                     cash=cash, commission=commission, settings=settings, store=store,
+                     state_dir=settings.state_dir, **params)
     broker = BrokerConfig(cash=float(cash), commission=float(commission), slippage_perc=slippage_perc,
                           slippage_fixed=slippage_fixed, slip_open=slip_open, coc=coc, coo=coo,
                           sizer=sizer, sizer_params=sizer_params or {})
-    settings = settings or Settings.from_env()
     store = store or open_store(settings.store)
     run_id, claimed = _claim_run_id(settings, store)
     agent_id = agent_id or strategy.__name__
@@ -268,6 +276,16 @@ def _honest_metrics(store, strategy: str, code: str, result) -> dict:
             "trials": n_trials}
 
 
+def _warmup(bars: Bars, n: int | None) -> Bars:
+    """The last ``n`` bars of each symbol (all of them when ``n`` is None)."""
+    if n is None:
+        return bars
+    out = Bars()
+    for symbol, frame in bars.items():
+        out[symbol] = frame.iloc[-n:] if n else frame.iloc[:0]
+    return out
+
+
 def history_feeds(bars: Bars) -> list[HistoryFeed]:
     feeds = []
     for symbol, frame in bars.items():
@@ -277,14 +295,17 @@ def history_feeds(bars: Bars) -> list[HistoryFeed]:
 
 
 def build_cerebro(strategy: type, feeds: list, broker: BrokerConfig, recorder: FmelRecorder,
-                  params: dict, *, broker_instance=None, **cerebro_kwargs) -> bt.Cerebro:
+                  params: dict, *, broker_instance=None, hooks=(), **cerebro_kwargs) -> bt.Cerebro:
     """The wiring shared by every kind of run: backtest and paper differ only in the feeds (and so
-    the clock). Observers are off: FMEL records what they would plot."""
+    the clock). Observers are off: FMEL records what they would plot. ``hooks`` are ``(analyzer, kwargs)``
+    pairs that see each bar before the recorder does."""
     cerebro = bt.Cerebro(stdstats=False, **cerebro_kwargs)
     for feed in feeds:
         cerebro.adddata(feed)
     broker.apply(cerebro, broker_instance)
     cerebro.addstrategy(strategy, **params)
+    for hook, kwargs in hooks:
+        cerebro.addanalyzer(hook, **kwargs)
     cerebro.addanalyzer(RecorderHook, _name="fmel", recorder=recorder)
     return cerebro
 

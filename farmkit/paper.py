@@ -3,19 +3,31 @@
 Only the feeds (and so the clock) differ from ``fk.backtest``: the strategy, the recorder, the broker
 model and the store are the same objects. FMEL (mode ``paper``) is written in batches by a writer
 thread, so the strategy never waits on the store; what the store refuses is spilled to disk.
+
+With a ``state_dir`` the run survives restarts: a checkpoint is saved after every committed FMEL
+batch, each bar accepted from the bus is journaled before its message is acked (see
+:mod:`farmkit.inbox`), a status file tells the runner how the run is doing, and a ``stop`` file asks
+it to stop cleanly. Started again with the same ``state_dir``, it resumes: same run id, bar numbers
+continuing after the last committed batch, account restored, nothing recorded or ordered twice.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
 import time
+from collections import deque
+from pathlib import Path
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from farmkit import checkpoint as _checkpoint
 from farmkit.brokers import open_broker
+from farmkit.checkpoint import Checkpoint, CheckpointError
 from farmkit.data.bars import Bars, to_bars
 from farmkit.engine import (BrokerConfig, build_cerebro, check_params, code_hash, new_run_id, register_run,
                             run_cerebro)
@@ -23,8 +35,13 @@ from farmkit.feeds import LiveFeed
 from farmkit.fmel.recorder import FmelRecorder, num2ns
 from farmkit.fmel.stores import open_store
 from farmkit.fmel.writer import BatchWriter
+from farmkit.inbox import Inbox
+from farmkit.resume import SessionHook, Snapshots, checkpoint_of, tail_frames
 from farmkit.router import BarRouter
 from farmkit.settings import Settings
+
+log = logging.getLogger(__name__)
+
 
 
 class PaperSession:
@@ -32,10 +49,16 @@ class PaperSession:
     any thread ends it cleanly (feeds end, FMEL is flushed)."""
 
     def __init__(self, run_id: str, feeds: dict[str, LiveFeed], router: BarRouter, recorder: FmelRecorder,
-                 writer: BatchWriter):
+                 writer: BatchWriter, *, agent_id: str = "", state_dir: Path | None = None):
         self.run_id, self.feeds, self.router, self.recorder, self.writer = run_id, feeds, router, recorder, writer
+        self.agent_id, self.state_dir = agent_id, state_dir
         self.cerebro: bt.Cerebro | None = None
+        self.hook: SessionHook | None = None
         self.stopping = threading.Event()
+        self.committed = recorder.first_bar      # bar_number up to which FMEL is committed
+        self.last_bar_at = None                  # wall time the last bar was accepted from the bus
+        self.last_bar_timestamp = None
+        self.state = "starting"
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -43,6 +66,57 @@ class PaperSession:
             self.router.stop()
             if self.cerebro is not None:
                 self.cerebro.runstop()   # do not wait for what is still queued
+
+    def status(self) -> dict:
+        """What the runner's /metrics and /readyz report (written to ``state_dir/status.json``)."""
+        recorder, hook = self.recorder, self.hook
+        warming = any(f._history for f in self.feeds.values()) or recorder.replaying
+        state = self.state if self.state in ("stopping", "stopped", "starting") else ("warming" if warming else "live")
+        return {
+            "run_id": self.run_id, "agent_id": self.agent_id, "pid": os.getpid(), "state": state,
+            "bars_received": int(self.router.counts.get("routed", 0)),
+            "messages": dict(self.router.counts),
+            "bars_processed": recorder.bars, "next_bar_number": recorder.first_bar + recorder.bars,
+            "fmel_committed": self.committed,
+            "fmel_backlog": recorder.first_bar + recorder.bars - self.committed,
+            "fmel_spilled_batches": self.writer.pending, "fmel_sink_failures": self.writer.failures,
+            "orders": hook.orders if hook is not None and hasattr(hook, "orders") else 0,
+            "decision_lag_seconds": _finite(getattr(hook, "decision_lag", None)),
+            "last_bar_at": self.last_bar_at, "last_bar_timestamp": self.last_bar_timestamp,
+            "updated_at": time.time(),
+        }
+
+    def write_status(self) -> None:
+        if self.state_dir is not None:
+            try:
+                _checkpoint.write_json(self.state_dir / _checkpoint.STATUS, self.status())
+            except OSError as exc:   # a full or read-only volume must not stop the trading loop
+                log.warning("could not write the status file: %s", exc)
+
+
+class _Journaled:
+    """A feed as the router sees it: a bar is journaled (and its arrival noted) before it is queued,
+    and the router acks the message only after ``put`` returns."""
+
+    def __init__(self, feed: LiveFeed, inbox: Inbox | None, session_ref: list, arrivals: deque):
+        self.feed, self.inbox, self._session, self.arrivals = feed, inbox, session_ref, arrivals
+        self.journal = True
+
+    def put(self, bar) -> None:
+        if self.inbox is not None and self.journal:
+            self.inbox.append(bar)
+        now = time.time()
+        self.arrivals.append((bar.timestamp.value, now))
+        session = self._session[0]
+        session.last_bar_at, session.last_bar_timestamp = now, bar.timestamp.isoformat()
+        self.feed.put(bar)
+
+    def stop_feed(self) -> None:
+        self.feed.stop_feed()
+
+
+def _finite(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _subscription_name(agent_id: str, symbols) -> str:
@@ -63,11 +137,26 @@ def consumed_bars(feeds: dict[str, bt.feed.DataBase]) -> Bars:
     return out
 
 
+def _with_tail(history: Bars, resume: Checkpoint, symbols) -> Bars:
+    # The bars the strategy saw up to the checkpoint come after (and win over) the notebook's history,
+    # so a restart primes its indicators on what the run had really seen.
+    tails = tail_frames(resume)
+    out = Bars()
+    for symbol in symbols:
+        parts = [f for f in (history.get(symbol), tails.get(symbol)) if f is not None and len(f)]
+        if not parts:
+            continue
+        frame = pd.concat(parts)
+        out[symbol] = frame[~frame.index.duplicated(keep="last")].sort_index()
+    return out
+
+
 def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subscription: str | None = None,
           cash: float = 100_000.0, commission: float = 0.0, history=None, agent_id: str | None = None,
           settings: Settings | None = None, store=None, max_bars: int | None = None,
           duration: float | None = None, batch_bars: int = 500, flush_seconds: float = 1.0, qcheck: float = 0.5,
-          broker_url: str | None = None, on_start=None, **params):
+          broker_url: str | None = None, on_start=None, state_dir=None, resume: Checkpoint | None = None,
+          tail_bars: int = 500, status_every: float = 1.0, **params):
     """Paper-trade a strategy on live bars from the bus until stopped; returns a ``BacktestResult``
     of the session (mode ``paper``).
 
@@ -75,6 +164,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     ``broker_url`` (default ``FARM_BROKER``) is ``sim://`` (fills as in the backtest) or ``alpaca-paper://``.
     The run ends after ``max_bars`` bars of the strategy, after ``duration`` seconds, when the bus
     feed ends, or when ``session.stop()`` is called (``on_start(session)`` receives the session).
+    ``state_dir`` keeps checkpoints, the inbox journal and the status file; a checkpoint found there
+    (or passed as ``resume``) is resumed. ``tail_bars`` bars per symbol go into each checkpoint.
 
     >>> res = fk.paper(SmaCross, ["AAPL"], bus="pubsub://my-project", history=bars, max_bars=390)
     """
@@ -86,40 +177,92 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     history = to_bars(history) if history is not None else Bars()
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store)
+    agent_id = agent_id or strategy.__name__
+    state_dir = Path(state_dir) if state_dir is not None else None
+    if resume is None and state_dir is not None:
+        resume = _checkpoint.load(state_dir)
+    if resume is not None and resume.agent_id != agent_id:
+        raise CheckpointError(f"{state_dir or 'the checkpoint'} holds a checkpoint of agent {resume.agent_id!r}, "
+                              f"not {agent_id!r}; give this agent its own state directory")
+    if state_dir is not None:
+        _checkpoint.clear_stop(state_dir)    # a stop asked of the previous process is not for this one
     own_bus = not isinstance(bus, BusBase)
     bus = open_bus(bus or settings.bus) if own_bus else bus
-    agent_id = agent_id or strategy.__name__
-    run_id = new_run_id("paper")
+    run_id = resume.run_id if resume else new_run_id("paper")
     broker = BrokerConfig(cash=float(cash), commission=float(commission))
     started = register_run(store, run_id, strategy=strategy, agent_id=agent_id, mode="paper", params=params,
                            data_fingerprint=None, code=code_hash(strategy))
+    if resume is not None:
+        history = _with_tail(history, resume, symbols)
+    elif state_dir is not None:
+        # The run id is kept from the start: a kill before the first commit still resumes this run
+        # (its inbox holds the bars already acked).
+        _checkpoint.save(Checkpoint(run_id=run_id, agent_id=agent_id, bars_written=0), state_dir)
 
-    writer = BatchWriter(store.write_fmel, settings.home / "spill" / run_id)
-    recorder = FmelRecorder(run_id, agent_id, mode="paper", sink=writer.put, batch_bars=batch_bars,
-                            flush_seconds=flush_seconds)
+    recorder = FmelRecorder(run_id, agent_id, mode="paper", batch_bars=batch_bars, flush_seconds=flush_seconds,
+                            first_bar=resume.bars_written if resume else 0)
+    if resume is not None:
+        recorder.resume(positions={s: p[0] for s, p in resume.positions.items()}, start_value=resume.start_value,
+                        peak=resume.peak)
     feeds = {s: LiveFeed(name=s, history=history.get(s), qcheck=qcheck,
                          timeframe=bt.TimeFrame.Minutes, compression=1) for s in symbols}
-    router = BarRouter(feeds, on_event=recorder.note_event)
-    session = PaperSession(run_id, feeds, router, recorder, writer)
+    inbox = Inbox(state_dir / "inbox.jsonl") if state_dir is not None else None
+    session_ref: list = []
+    arrivals = {s: deque() for s in symbols}
+    journaled = {s: _Journaled(f, inbox, session_ref, arrivals[s]) for s, f in feeds.items()}
+    after = {s: pd.Timestamp(t, tz="UTC") for s, t in resume.last.items()} if resume else None
+    router = BarRouter(journaled, on_event=recorder.note_event, after=after)
+    broker_instance = open_broker(broker_url or settings.broker, broker, run_id=run_id)
+    if resume is not None and resume.orders_placed and isinstance(getattr(broker_instance, "cids", None), dict):
+        # Alpaca client_order_ids count the run's orders: carry on the count, so a bar decided again
+        # after the restart gets the id it had and Alpaca's copy is adopted instead of placed twice.
+        from farmkit.brokers.alpaca_paper import client_order_id
+        broker_instance.cids.update({-n: client_order_id(run_id, n) for n in range(1, resume.orders_placed + 1)})
     cerebro = build_cerebro(strategy, list(feeds.values()), broker, recorder, params,
-                            broker_instance=open_broker(broker_url or settings.broker, broker, run_id=run_id))
+                            broker_instance=broker_instance,
+                            hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
+                                                      arrivals=arrivals, on_start=_set_hook(session_ref)))])
+    session = PaperSession(run_id, feeds, router, recorder, writer=None, agent_id=agent_id, state_dir=state_dir)
+    session_ref.append(session)
     session.cerebro = cerebro
+
+    snapshots = Snapshots(recorder, broker_instance, run_id=run_id, agent_id=agent_id, tail_bars=tail_bars,
+                          resume=resume) if state_dir is not None else None
+    commit = _Committer(store, session, state_dir, inbox)
+    writer = BatchWriter(commit, settings.home / "spill" / run_id)
+    session.writer = writer
+    recorder.sink = (lambda table: writer.put(snapshots.annotate(table))) if snapshots else writer.put
+
+    if inbox is not None and resume is not None:
+        # Bars accepted (and acked) before the restart but not in the checkpoint: first in line.
+        for bar in inbox.read():
+            for feed in journaled.values():
+                feed.journal = False
+            router.route(bar.to_wire(), bar.attributes())
+        for feed in journaled.values():
+            feed.journal = True
 
     subscription = subscription or _subscription_name(agent_id, symbols)
     bus.ensure_topic(topic)
     bus.ensure_subscription(subscription, topic, enable_message_ordering=True)
     handle = bus.subscribe(subscription, router.on_message)
-    watcher = threading.Thread(target=_watch, args=(session, max_bars, duration), daemon=True)
+    session.state = "running"
+    watcher = threading.Thread(target=_watch, args=(session, max_bars, duration, status_every), daemon=True)
     watcher.start()
     if on_start:
         on_start(session)
 
     def shut_down():
+        session.state = "stopping"
         session.stop()
         handle.close()
         writer.close()
         if own_bus:
             bus.close()
+        if inbox is not None:
+            inbox.close()
+        session.state = "stopped"
+        session.write_status()
 
     run_cerebro(cerebro, recorder, store, run_id, strategy.__name__, started, on_stop=shut_down)
     recorder.flush()
@@ -128,18 +271,58 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     result = BacktestResult.from_run(run_id=run_id, agent_id=agent_id, strategy=strategy, params=params,
                                      bars=bars, recorder=recorder, store=store, broker=broker)
     result.metrics["messages"] = dict(router.counts)
-    store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.bars,
+    store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.first_bar + recorder.bars,
                       data_fingerprint=bars.fingerprint(), finished_at=pd.Timestamp.now(tz="UTC"),
                       duration_s=time.time() - started)
     return result
 
 
-def _watch(session: PaperSession, max_bars: int | None, duration: float | None) -> None:
-    # Stops the session from outside the strategy thread: by bar count or by wall time.
+def _set_hook(session_ref: list):
+    # The hook analyzer is created inside cerebro.run(): the session learns of it when it starts.
+    return lambda hook: setattr(session_ref[0], "hook", hook)
+
+
+class _Committer:
+    """The writer's sink: write the batch, then (batches committed in bar order only) save its
+    checkpoint and drop the checkpointed bars from the inbox."""
+
+    def __init__(self, store, session: PaperSession, state_dir: Path | None, inbox: Inbox | None):
+        self.store, self.session, self.state_dir, self.inbox = store, session, state_dir, inbox
+        self._waiting: dict[int, Checkpoint | None] = {}      # first bar of a committed batch -> its checkpoint
+        self._ends: dict[int, int] = {}
+
+    def __call__(self, table) -> None:
+        self.store.write_fmel(table)
+        if table.num_rows == 0:
+            return
+        first = table.column("bar_number")[0].as_py()
+        self._waiting[first] = checkpoint_of(table)
+        self._ends[first] = table.column("bar_number")[-1].as_py() + 1
+        newest = None
+        # A batch spilled and written later leaves a hole: checkpoints wait until it is filled.
+        while self.session.committed in self._waiting:
+            first = self.session.committed
+            newest = self._waiting.pop(first) or newest
+            self.session.committed = self._ends.pop(first)
+        if newest is not None and self.state_dir is not None:
+            _checkpoint.save(newest, self.state_dir)
+            if self.inbox is not None:
+                self.inbox.compact(newest.last)
+
+
+def _watch(session: PaperSession, max_bars: int | None, duration: float | None, status_every: float) -> None:
+    # Stops the session from outside the strategy thread: by bar count, wall time or a stop file;
+    # and keeps the status file fresh for the runner.
     deadline = time.monotonic() + duration if duration else None
+    next_status = 0.0
     while not session.stopping.wait(0.05):
         if max_bars is not None and session.recorder.bars >= max_bars:
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
+        if session.state_dir is not None and time.monotonic() >= next_status:
+            if _checkpoint.stop_requested(session.state_dir):
+                break
+            session.write_status()
+            next_status = time.monotonic() + status_every
     session.stop()

@@ -9,7 +9,9 @@ Policy (Pub/Sub delivers at least once, and may reorder):
 - a bar older than the last routed bar of its symbol is late: acked, counted, dropped, noted as a
   ``late`` data event in the FMEL of the next bar. Order across symbols does not matter: each
   symbol has its own feed, and backtrader lines the feeds up by time;
-- bars of symbols the run did not ask for are acked and counted as ``ignored``.
+- bars of symbols the run did not ask for are acked and counted as ``ignored``;
+- a resumed run passes ``after`` (last processed timestamp per symbol, from its checkpoint): bars at
+  or before it were processed before the restart and count as duplicates.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ class BarRouter:
     events (late, duplicate revision, malformed); ``counts`` says what happened to every message."""
 
     def __init__(self, feeds: dict, on_event: Callable[[str | None, str, str], None] | None = None,
-                 keep_rejected: int = 1000):
+                 keep_rejected: int = 1000, after: dict | None = None):
         self.feeds = feeds
         self.on_event = on_event or (lambda *_: None)
         self.counts: Counter = Counter()
         self.rejected: deque = deque(maxlen=keep_rejected)
         self._last: dict[str, object] = {}
         self._seen: dict[str, set] = {s: set() for s in feeds}
+        self._after = {s: t for s, t in (after or {}).items() if s in feeds}   # symbol -> pd.Timestamp
         self._lock = threading.Lock()   # callbacks run on a thread pool
 
     def on_message(self, message) -> None:
@@ -56,7 +59,8 @@ class BarRouter:
         with self._lock:
             seen = self._seen[record.symbol]
             key = record.timestamp.value
-            if key in seen:
+            after = self._after.get(record.symbol)
+            if key in seen or (after is not None and record.timestamp <= after):
                 if record.revision:
                     self.on_event(record.symbol, "revision", f"updated bar {record.timestamp} (revision "
                                   f"{record.revision}) arrived after the bar was used; not applied")

@@ -18,6 +18,13 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_BROKER": ("broker", "sim://"),
     "FARM_RUN_ID": ("run_id", None),        # set by `farm backtest` so a notebook's run gets a known id
     "FARM_PROGRESS": ("progress", "auto"),  # auto | on | off
+    # Paper pods (the runner sets these in the kernel's environment): fk.backtest then paper-trades.
+    "FARM_MODE": ("mode", "backtest"),      # backtest | paper
+    "FARM_AGENT_ID": ("agent_id", None),    # default: the strategy's class name
+    "FARM_SUBSCRIPTION": ("subscription", None),
+    "FARM_STATE_DIR": ("state_dir", None),  # checkpoints and status of a paper run (the pod's volume)
+    "FARM_WARMUP_BARS": ("warmup_bars", None),  # history bars per symbol that prime a paper run; default all
+    "FARM_HEALTH_PORT": ("health_port", "8080"),
 }
 
 
@@ -36,6 +43,12 @@ class Settings:
     broker: str
     run_id: str | None
     progress: str
+    mode: str = "backtest"
+    agent_id: str | None = None
+    subscription: str | None = None
+    state_dir: Path | None = None
+    warmup_bars: int | None = None
+    health_port: int = 8080
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -50,6 +63,19 @@ class Settings:
         values["store"] = values["store"] or f"local://{home}"
         if values["progress"] not in ("auto", "on", "off"):
             raise ConfigError(f"FARM_PROGRESS must be auto, on or off, got {values['progress']!r}")
+        if values["mode"] not in ("backtest", "paper"):
+            raise ConfigError(f"FARM_MODE must be backtest or paper, got {values['mode']!r}")
+        if values["state_dir"]:
+            values["state_dir"] = Path(values["state_dir"]).expanduser().absolute()
+        for var, name, least in (("FARM_WARMUP_BARS", "warmup_bars", 0), ("FARM_HEALTH_PORT", "health_port", 0)):
+            if values[name] is None:
+                continue
+            try:
+                values[name] = int(values[name])
+                if values[name] < least:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"{var} must be a whole number >= {least}, got {values[name]!r}") from None
         return cls(**values)
 
     def replace(self, **changes) -> "Settings":

@@ -67,11 +67,18 @@ class FmelRecorder:
     """Collects the FMEL of one run and hands batches of canonical rows to ``sink(table)``.
 
     ``batch_bars`` > 0 writes a batch every that many bars (paper runs); 0 writes once at the end.
+    ``first_bar`` is the bar_number of the first record (a resumed paper run continues the numbering).
+    While ``replaying`` is true (a resumed run going again over bars it had already recorded), bars,
+    orders and trades are not recorded; orders whose ref is in ``ignored`` never are.
     """
 
     def __init__(self, run_id: str, agent_id: str, mode: str = "backtest", sink=None,
-                 batch_bars: int = 0, flush_seconds: float = 1.0, clock=time.time):
+                 batch_bars: int = 0, flush_seconds: float = 1.0, clock=time.time, first_bar: int = 0):
         self.run_id, self.agent_id, self.mode = run_id, agent_id, mode
+        self.first_bar = first_bar
+        self.replaying = self.replay_done = False
+        self.ignored: set[int] = set()
+        self._carry_seed: dict[str, float] = {}
         self.sink, self.batch_bars, self.flush_seconds, self.clock = sink, batch_bars, flush_seconds, clock
         self._last_flush = clock()
         self.bars = 0                 # bars recorded
@@ -106,8 +113,30 @@ class FmelRecorder:
         self._tracked_names: list[str] = []          # tracked lines, in buffer order after the datas
         self._plain: dict[str, list] = {}            # tracked plain values, one list per name
         self._ntracked = -1
-        self._position_carry = np.zeros(len(self.datas))
+        self._position_carry = np.array([float(self._carry_seed.get(s, 0.0)) for s in self.symbols])
         self._retrack()
+
+    def lengths_at(self, bar: int) -> list[int]:
+        """How many bars each feed had delivered at recorded bar ``bar`` (0-based in this recorder)."""
+        return [self._lens[i][bar] for i in range(len(self.datas))]
+
+    @property
+    def position_carry(self) -> np.ndarray:
+        """Position per symbol at the last bar handed to the sink."""
+        return self._position_carry
+
+    @property
+    def peak(self) -> float:
+        """Highest equity up to the last bar handed to the sink."""
+        return self._peak
+
+    def resume(self, *, positions: dict[str, float], start_value: float | None, peak: float | None) -> None:
+        """Carry positions, starting value and equity peak over from a checkpoint of the same run."""
+        self._carry_seed = dict(positions)
+        if start_value is not None:
+            self.start_value = float(start_value)
+        if peak is not None:
+            self._peak = float(peak)
 
     @property
     def _tracked(self) -> dict:
@@ -138,6 +167,9 @@ class FmelRecorder:
         self._cash_now, self._value_now = cash, value
 
     def on_bar(self) -> None:
+        if self.replaying:
+            self._skip_bar()
+            return
         self.timestamps.append(self._dtline[0])
         self.cash.append(self._cash_now)
         self.value.append(self._value_now)
@@ -164,7 +196,16 @@ class FmelRecorder:
                                 or self.clock() - self._last_flush >= self.flush_seconds):
             self.flush()
 
+    def _skip_bar(self) -> None:
+        noted = getattr(self.strategy, "_fk_decisions", None)
+        if noted:
+            noted.clear()
+        if self.replay_done:
+            self.replaying = self.replay_done = False
+
     def on_order(self, order) -> None:
+        if self.replaying or order.ref in self.ignored:
+            return
         bar = self.bars
         ref = order.ref
         executed = order.executed.size
@@ -182,6 +223,8 @@ class FmelRecorder:
         ))
 
     def on_trade(self, trade) -> None:
+        if self.replaying:
+            return
         size = abs(trade.size)
         self._open_trades[trade.ref] = max(self._open_trades.get(trade.ref, 0.0), size)
         if not trade.isclosed:
@@ -207,7 +250,7 @@ class FmelRecorder:
         self.errors[bar] = {"action": "error", "symbol": None, "size": None,
                             "reason": f"{type(exc).__name__}: {exc}", "confidence": None,
                             "signals": None, "traceback": traceback_text}
-        return bar
+        return bar + self.first_bar
 
     # -- batches ---------------------------------------------------------------------------------
     def flush(self, chunk: int = 100_000) -> int:
@@ -227,8 +270,7 @@ class FmelRecorder:
     def batch(self, start: int, end: int) -> pa.Table:
         """Canonical FMEL rows for bars ``start`` to ``end`` (end excluded)."""
         cols: dict[str, np.ndarray | pa.Array] = {}
-        bars = np.arange(start, end, dtype="int64")
-        cols["bar_number"] = bars
+        cols["bar_number"] = np.arange(start + self.first_bar, end + self.first_bar, dtype="int64")
         cols["ts"] = pa.array(num2ns(np.frombuffer(self.timestamps, "f8")[start:end]),
                               pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"))
         cash = np.frombuffer(self.cash, "f8")[start:end].copy()

@@ -1,0 +1,102 @@
+"""The runner's HTTP endpoints: ``/healthz`` (the process answers), ``/readyz`` (the kernel runs and
+bars arrive, or it is still warming up) and ``/metrics`` (Prometheus text format, written by hand:
+a dozen gauges and counters do not need a client library)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# name -> (type, help, status key)
+_METRICS = {
+    "farm_bars_received_total": ("counter", "Bars accepted from the bus by this process.", "bars_received"),
+    "farm_bars_processed_total": ("counter", "Bars the strategy has recorded in this process.", "bars_processed"),
+    "farm_orders_total": ("counter", "Orders the strategy submitted in this process.", "orders"),
+    "farm_fmel_backlog_bars": ("gauge", "Bars decided whose FMEL is not committed yet.", "fmel_backlog"),
+    "farm_fmel_spilled_batches": ("gauge", "FMEL batches waiting on local disk for the store.",
+                                  "fmel_spilled_batches"),
+    "farm_fmel_committed_bars": ("gauge", "Bar number up to which FMEL is committed.", "fmel_committed"),
+    "farm_decision_lag_seconds": ("gauge", "Seconds from a bar's arrival to the end of its decision.",
+                                  "decision_lag_seconds"),
+    "farm_last_bar_age_seconds": ("gauge", "Seconds since the last bar arrived (or since start).",
+                                  "last_bar_age_seconds"),
+}
+
+
+def render_metrics(report: dict, labels: dict[str, str]) -> str:
+    """Prometheus text exposition of a runner report (see ``Runner.report``)."""
+    label = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+    lines = []
+
+    def emit(name, kind, text, value, extra=""):
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        if value is not None:
+            lines.append(f"{name}{{{label}{extra}}} {float(value):.6g}")
+
+    emit("farm_up", "gauge", "The runner process is up.", 1)
+    emit("farm_kernel_running", "gauge", "The agent notebook's kernel is running.", int(report["kernel_running"]))
+    emit("farm_ready", "gauge", "The runner reports ready.", int(report["ready"]))
+    status = report.get("status") or {}
+    for name, (kind, text, key) in _METRICS.items():
+        value = report.get(key, status.get(key))
+        emit(name, kind, text, value)
+    messages = status.get("messages") or {}
+    if messages:
+        lines.append("# HELP farm_messages_total Bus messages by what was done with them.")
+        lines.append("# TYPE farm_messages_total counter")
+        for outcome, count in sorted(messages.items()):
+            lines.append(f'farm_messages_total{{{label},outcome="{_escape(outcome)}"}} {count}')
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class HealthServer:
+    """Serves the endpoints from ``report()`` (a dict with ``ready``, ``kernel_running``, ``status``...)
+    on a thread. ``port=0`` picks a free port (``server.port`` says which)."""
+
+    def __init__(self, report: Callable[[], dict], labels: dict[str, str], host: str = "0.0.0.0", port: int = 8080):
+        self.report, self.labels = report, labels
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path == "/healthz":
+                    self._send(200, "ok\n")
+                elif path == "/readyz":
+                    report = outer.report()
+                    self._send(200 if report["ready"] else 503, f"{report['reason']}\n")
+                elif path == "/metrics":
+                    self._send(200, render_metrics(outer.report(), outer.labels),
+                               "text/plain; version=0.0.4; charset=utf-8")
+                else:
+                    self._send(404, "not found: try /healthz, /readyz or /metrics\n")
+
+            def _send(self, code: int, body: str, kind: str = "text/plain; charset=utf-8"):
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):   # probes every few seconds would flood the pod's log
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    def start(self) -> "HealthServer":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

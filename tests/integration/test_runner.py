@@ -1,0 +1,270 @@
+"""Paper runs that stop and resume: checkpoints, the inbox journal, the status and stop files, the
+paper-mode edge of fk.backtest, and the runner service end to end."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+import farmkit as fk
+from farmkit import checkpoint
+from farmkit.bus import open_bus, publish_record
+from farmkit.fmel.stores import open_store
+from farmkit.paper import paper
+from tests.integration.test_paper import bars_of
+from tests.pubsub_emulator import _free_port, pubsub_emulator  # noqa: F401  (the session fixture)
+from tests.unit.test_engine import TrackedCross
+
+
+def eventually(condition, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def publish_on_start(bus, bars):
+    def run(session):
+        def go():
+            for bar in bars:
+                publish_record(bus, "market-data", bar)
+            bus.flush()
+        threading.Thread(target=go, daemon=True).start()
+    return run
+
+
+def decisions(frame):
+    return [[(d["action"], d.get("size")) for d in json.loads(x)] for x in frame.decisions]
+
+
+def submitted(frame):
+    return sum(1 for x in frame.actions for a in json.loads(x) if a["event"] == "submitted")
+
+
+def test_a_crashed_run_resumes_with_every_bar_once_and_no_order_twice(farm_home, tmp_path):
+    data = fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"]
+    history, live = data.iloc[:60], data.iloc[60:]
+    live_bars = bars_of(live, "AAPL")
+    state = tmp_path / "state"
+    store = open_store(farm_home.store)
+    real_write, batches = store.write_fmel, {"n": 0}
+
+    def dies_after_four_batches(table):
+        # From the fifth batch on nothing reaches the store: what a kill after the fourth commit leaves.
+        batches["n"] += 1
+        if batches["n"] > 4:
+            raise OSError("the process is about to be killed")
+        return real_write(table)
+
+    store.write_fmel = dies_after_four_batches
+    bus = open_bus("memory://")
+    first = paper(TrackedCross, ["AAPL"], bus=bus, store=store, history=fk.Bars(AAPL=history), state_dir=state,
+                  batch_bars=25, flush_seconds=1e9, max_bars=160, duration=60,
+                  on_start=publish_on_start(bus, live_bars[:100]))
+    bus.close()
+    shutil.rmtree(farm_home.home / "spill" / first.run_id)      # the uncommitted batches die with the pod
+    saved = checkpoint.load(state)
+    assert saved.run_id == first.run_id and saved.bars_written == 100
+    assert saved.last["AAPL"] == live.index[39].value
+    # Bars 100..159 were acked on the bus but never committed: only the inbox still has them.
+    assert len((state / "inbox.jsonl").read_text().splitlines()) == 60
+
+    store = open_store(farm_home.store)
+    bus = open_bus("memory://")
+    # Pub/Sub redelivers a few acked-late bars and then the rest of the stream.
+    second = paper(TrackedCross, ["AAPL"], bus=bus, store=store, history=fk.Bars(AAPL=history), state_dir=state,
+                   batch_bars=25, flush_seconds=1e9, max_bars=len(data) - 100, duration=60,
+                   on_start=publish_on_start(bus, live_bars[90:]))
+    bus.close()
+    assert second.run_id == first.run_id
+    assert second.metrics["messages"]["routed"] == len(live) - 40     # inbox 60 + bus 230 new bars
+    assert second.metrics["messages"]["duplicate"] == 10
+
+    records = store.fmel(first.run_id)
+    assert list(records.bar_number) == list(range(len(data))) and records.record_id.is_unique
+    raw = store.sql("SELECT count(*) AS n FROM fmel_raw", run_id=first.run_id).n[0]
+    assert raw == len(data)                                            # no duplicate even before dedupe
+    reference = fk.backtest(TrackedCross, fk.Bars(AAPL=data)).fmel
+    assert decisions(records) == decisions(reference)
+    assert records.strategy_state.tolist() == reference.strategy_state.tolist()   # positions, cash, indicators
+    assert submitted(records) == submitted(reference) > 0
+    assert checkpoint.load(state).bars_written == len(data)
+    assert (state / "inbox.jsonl").read_text() == ""
+
+
+def test_stop_file_status_file_and_the_paper_edge_of_backtest(farm_home, tmp_path, monkeypatch):
+    data = fk.data.synthetic("AAPL", days=1, seed=5)
+    state = tmp_path / "state"
+    monkeypatch.setenv("FARM_MODE", "paper")
+    monkeypatch.setenv("FARM_STATE_DIR", str(state))
+    monkeypatch.setenv("FARM_AGENT_ID", "edge-agent")
+    monkeypatch.setenv("FARM_WARMUP_BARS", "50")
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("res", fk.backtest(TrackedCross, data, cash=50_000)))
+    thread.start()
+    status = eventually(lambda: (s := checkpoint.read_json(state / "status.json")) and s["bars_processed"] == 50
+                        and s, what="the 50 warm-up bars")
+    assert status["state"] == "live" and status["agent_id"] == "edge-agent" and status["fmel_backlog"] >= 0
+    checkpoint.request_stop(state)
+    thread.join(30)
+    assert not thread.is_alive()
+    res = out["res"]
+    run = fk.runs().set_index("run_id").loc[res.run_id]
+    assert run["mode"] == "paper" and run.status == "done" and run.agent_id == "edge-agent"
+    assert len(fk.fmel.load(res.run_id)) == 50
+    final = checkpoint.read_json(state / "status.json")
+    assert final["state"] == "stopped" and final["fmel_backlog"] == 0
+    assert checkpoint.load(state).bars_written == 50
+
+
+# -- the runner service, end to end on the Pub/Sub emulator ------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = REPO / "notebooks" / "strategies" / "sma_crossover.ipynb"
+SMALL = dict(symbols=["AAPL"], start="2024-01-02", days=1, fast=3, slow=10, size=10, cash=100_000.0,
+             commission=0.0005, seed=7)
+
+
+def make_agent(folder: Path) -> Path:
+    """An agent as `farm promote` makes one, from the SMA notebook with small parameters."""
+    nb = nbformat.read(SOURCE, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = "\n".join(f"{k} = {v!r}" for k, v in SMALL.items())
+    folder.mkdir(parents=True)
+    nbformat.write(nb, folder / "agent.ipynb")
+    manifest = {"name": "sma-e2e", "strategy": "SmaCross", "notebook": "agent.ipynb",
+                "parameters": [{"name": k, "type": type(v).__name__, "default": v} for k, v in SMALL.items()],
+                "symbols": ["AAPL"], "bar_size": "1min", "warmup_bars": SMALL["slow"]}
+    (folder / "agent.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return folder
+
+
+def notebook_strategy():
+    namespace: dict = {}
+    source = next(c.source for c in nbformat.read(SOURCE, as_version=4).cells if "class SmaCross" in c.source)
+    exec("import backtrader as bt\nimport farmkit as fk\n" + source, namespace)
+    return namespace["SmaCross"]
+
+
+def http(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+class RunnerProcess:
+    def __init__(self, agent: Path, env: dict, log: Path):
+        self.port = int(env["FARM_HEALTH_PORT"])
+        self.log = log
+        with open(log, "ab") as out:
+            # Its own process group: a SIGKILL of the group is a pod dying, kernel included.
+            self.proc = subprocess.Popen([sys.executable, "-m", "runner", str(agent)], cwd=REPO, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def metrics(self) -> str:
+        return http(self.port, "/metrics")[1]
+
+    def processed(self) -> float:
+        return metric(self.metrics(), "farm_bars_processed_total") or 0.0
+
+    def wait_live(self):
+        eventually(lambda: http(self.port, "/healthz")[0] == 200, 30, "/healthz")
+        eventually(lambda: http(self.port, "/readyz")[0] == 200 and "live" in http(self.port, "/readyz")[1]
+                   or self.proc.poll() is not None, 90, "the runner to be live")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+
+    def kill(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.mark.service
+def test_runner_on_the_emulator_survives_sigkill_and_stops_cleanly_on_sigterm(tmp_path, pubsub_emulator,
+                                                                              monkeypatch):
+    agent = make_agent(tmp_path / "agents" / "sma-e2e")
+    home, state = tmp_path / "farm", tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(PUBSUB_EMULATOR_HOST=pubsub_emulator.host, FARM_HOME=str(home), FARM_BUS="pubsub://farm-local",
+               FARM_STATE_DIR=str(state), FARM_SUBSCRIPTION="runner-e2e", FARM_HEALTH_PORT=str(_free_port()),
+               PYTHONPATH=str(REPO))
+    history = fk.data.synthetic(["AAPL"], start=SMALL["start"], days=1, freq="1min", seed=7)["AAPL"]
+    later = fk.data.synthetic(["AAPL"], start="2024-01-03", days=1, freq="1min", seed=8)["AAPL"].iloc[:80]
+    live = bars_of(later, "AAPL")
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    bus = open_bus("pubsub://farm-local")
+    warmup = SMALL["slow"]
+    started = time.monotonic()
+
+    first = RunnerProcess(agent, env, tmp_path / "runner.log")
+    first.wait_live()
+    for bar in live[:20]:
+        publish_record(bus, "market-data", bar)
+    bus.flush()
+    eventually(lambda: first.processed() >= warmup + 20, 60, "20 live bars in the first runner")
+    time.sleep(1.2)     # the scenario, not a wait: a gap longer than the FMEL flush interval, so a batch commits
+    for bar in live[20:40]:
+        publish_record(bus, "market-data", bar)
+    bus.flush()
+    eventually(lambda: first.processed() >= warmup + 40, 60, "40 live bars in the first runner")
+    eventually(lambda: checkpoint.load(state).bars_written > warmup, 30, "a checkpoint in the live part")
+    first.kill()                                   # SIGKILL, kernel and all: no flush, no goodbye
+    committed = checkpoint.load(state)
+    journaled = len((state / "inbox.jsonl").read_text().splitlines())
+    # What a kill leaves: bars decided and acked whose FMEL is not committed, kept only by the inbox.
+    assert journaled == 40 - max(0, committed.bars_written - warmup)
+    print(f"killed with {committed.bars_written} bars committed, {journaled} in the inbox")
+
+    second = RunnerProcess(agent, env, tmp_path / "runner.log")
+    second.wait_live()
+    for bar in live[30:]:                          # the publisher repeats a few: duplicates on the bus
+        publish_record(bus, "market-data", bar)
+    bus.flush()
+    eventually(lambda: (s := checkpoint.read_json(state / "status.json")) and s["next_bar_number"] >= warmup + 80,
+               60, "all 80 live bars")
+    text = second.metrics()
+    assert metric(text, "farm_ready") == 1 and metric(text, "farm_last_bar_age_seconds") is not None
+    assert metric(text, "farm_decision_lag_seconds") is not None and 'outcome="duplicate"' in text
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.proc.wait(30) == 0, (tmp_path / "runner.log").read_text()[-3000:]
+    bus.close()
+    elapsed = time.monotonic() - started
+
+    saved = checkpoint.load(state)
+    assert saved.bars_written == warmup + 80
+    store = open_store(f"local://{home}")
+    records = store.fmel(saved.run_id)
+    assert list(records.bar_number) == list(range(warmup + 80)) and records.record_id.is_unique
+    reference_bars = fk.Bars(AAPL=pd.concat([history.iloc[-warmup:], later]))
+    reference = fk.backtest(notebook_strategy(), reference_bars, cash=SMALL["cash"], commission=SMALL["commission"],
+                            fast=SMALL["fast"], slow=SMALL["slow"], size=SMALL["size"],
+                            settings=fk.Settings.from_env({"FARM_HOME": str(tmp_path / "reference")})).fmel
+    assert decisions(records) == decisions(reference)
+    assert submitted(records) == submitted(reference) > 0
+    assert records.strategy_state.tolist() == reference.strategy_state.tolist()
+    print(f"runner end to end: {elapsed:.1f} s")

@@ -84,7 +84,8 @@ def _child(variant: str, n: int) -> dict:
         records = 0
     else:
         with tempfile.TemporaryDirectory() as home:
-            settings = fk.Settings.from_env({"FARM_HOME": home, "FARM_PROGRESS": "off"})
+            # The leaderboard (Redis) is not part of what this compares: FMEL and metrics against analyzers.
+            settings = fk.Settings.from_env({"FARM_HOME": home, "FARM_PROGRESS": "off", "FARM_REDIS": "off"})
             res = fk.backtest(FarmCross, {"SYN": frame}, cash=100_000, commission=0.0005, settings=settings)
             value = res.final_value
             records = int(res.store.sql("SELECT count(*) AS n FROM fmel").n.iloc[0])

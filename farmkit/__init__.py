@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from farmkit import data, fmel
+from farmkit import data, fmel, leaderboard
 from farmkit.data.bars import Bars
 from farmkit.engine import backtest
 from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
@@ -25,6 +25,6 @@ runs = fmel.runs
 
 __all__ = [
     "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Parity", "Settings",
-    "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel",
+    "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel", "leaderboard",
     "paper", "parity", "runs", "sweep",
 ]

@@ -16,6 +16,7 @@ _EPILOG = """examples:
   farm check-lookahead notebooks/strategies/sma_crossover.ipynb
   farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross
   farm parity RUN_ID --strategy strategies.py:SmaCross
+  farm leaderboard               # the best agents by Sharpe (Redis)
   farm runs                      # recent runs with their metrics
   farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
 
@@ -97,6 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("--grace", type=float, default=20.0, help="seconds to stop cleanly after SIGTERM (default 20)")
     rn.set_defaults(handler=_runner)
 
+    lb = sub.add_parser("leaderboard", help="the best agents by a metric (Redis leaderboards)",
+                        description="Agents ranked by the best run of each on a board (backtest or paper). "
+                        "The embedded Redis under FARM_HOME is used unless FARM_REDIS points elsewhere.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  farm leaderboard\n  farm leaderboard --metric dsr --board paper -n 20")
+    lb.add_argument("--metric", default="sharpe", choices=["sharpe", "dsr", "total_return", "max_drawdown"])
+    lb.add_argument("--board", default="backtest", choices=["backtest", "paper"])
+    lb.add_argument("-n", type=int, default=10, help="how many agents (default 10)")
+    lb.add_argument("--rebuild", action="store_true", help="record every finished run of the registry again first")
+    lb.set_defaults(handler=_leaderboard)
+
     runs = sub.add_parser("runs", help="list recent runs with their metrics")
     runs.add_argument("-n", type=int, default=20, help="how many (default 20)")
     runs.set_defaults(handler=_runs)
@@ -132,7 +144,20 @@ def _backtest(args) -> int:
     if result.tearsheet:
         print(f"tearsheet:         {result.tearsheet}")
     print(f"explain a bar:     farm explain {result.run_id} --bar N")
+    _print_leaderboard()
     return 0
+
+
+def _print_leaderboard() -> None:
+    from farmkit import leaderboard
+    try:
+        top = leaderboard.top("sharpe", 5, "backtest")
+    except FarmError as exc:  # the leaderboard is a view: without it the run still stands
+        print(f"leaderboard:       unavailable ({exc})")
+        return
+    if len(top):
+        print("\nleaderboard (backtest, by Sharpe):")
+        print(leaderboard.cli_table(top))
 
 
 def _sweep(args) -> int:
@@ -206,6 +231,14 @@ def _parity(args) -> int:
 def _runner(args) -> int:
     from runner.service import main as runner_main
     return runner_main([args.agent_dir, "--grace", str(args.grace)])
+
+
+def _leaderboard(args) -> int:
+    from farmkit import leaderboard
+    if args.rebuild:
+        print(f"recorded {leaderboard.rebuild()} run(s) again", file=sys.stderr)
+    print(leaderboard.cli_table(leaderboard.top(args.metric, args.n, args.board)))
+    return 0
 
 
 def _runs(args) -> int:

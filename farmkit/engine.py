@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 import farmkit
+from farmkit import leaderboard
 from farmkit import metrics as _metrics
 from farmkit import trials
 from farmkit.data.bars import Bars, to_bars
@@ -260,6 +261,7 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
     result.metrics.update(_honest_metrics(store, strategy.__name__, code, result))
     store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.bars,
                       finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
+    leaderboard.publish(settings, store.runs.get(run_id))   # logged on failure; never breaks the run
     if claimed:  # run by `farm backtest`: keep the tearsheet with the run's other artifacts
         result.to_html()
     return result

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from farmkit import checkpoint as _checkpoint
+from farmkit import leaderboard
 from farmkit.brokers import open_broker
 from farmkit.checkpoint import Checkpoint, CheckpointError
 from farmkit.data.bars import Bars, to_bars
@@ -274,6 +275,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.first_bar + recorder.bars,
                       data_fingerprint=bars.fingerprint(), finished_at=pd.Timestamp.now(tz="UTC"),
                       duration_s=time.time() - started)
+    leaderboard.publish(settings, store.runs.get(run_id))   # the paper board; never breaks the run
     return result
 
 

@@ -4,7 +4,7 @@ import farmkit as fk
 def test_public_api_is_curated():
     assert sorted(fk.__all__) == [
         "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Parity", "Settings",
-        "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel",
+        "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel", "leaderboard",
         "paper", "parity", "runs", "sweep",
     ]
     assert sorted(fk.data.__all__) == ["Bars", "alpaca", "load", "synthetic", "to_bars"]

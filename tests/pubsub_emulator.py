@@ -18,17 +18,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import need
+from tests.local_process import LocalProcess
 
 READY_TIMEOUT = 30.0
 
@@ -51,79 +48,33 @@ def find_emulator_jar() -> tuple[str | None, str]:
     return jars[-1], ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class PubSubEmulator(LocalProcess):
+    """One emulator process; ``host`` is what ``PUBSUB_EMULATOR_HOST`` should be. ``restart()`` gives
+    the same port with empty state (topics and subscriptions are gone): a crash of the service."""
 
-
-class PubSubEmulator:
-    """One emulator process; ``host`` is what ``PUBSUB_EMULATOR_HOST`` should be."""
+    name = "pubsub-emulator"
+    ready_timeout = READY_TIMEOUT
+    stop_signal = signal.SIGKILL
 
     def __init__(self, jar: str | None = None, port: int | None = None):
         self.jar = jar or find_emulator_jar()[0]
         if self.jar is None:
             raise RuntimeError(find_emulator_jar()[1])
-        self.port = port or _free_port()
-        self._logdir = Path(tempfile.mkdtemp(prefix="pubsub-emulator-"))
-        self._proc: subprocess.Popen | None = None
-        self.starts = 0
+        super().__init__(port)
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "PubSubEmulator":
-        log = open(self._logdir / f"emulator-{self.starts}.log", "wb")
-        self._proc = subprocess.Popen(
-            ["java", "-jar", self.jar, "--host=127.0.0.1", f"--port={self.port}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)  # its own process group, so stop() reaches every child
-        log.close()
-        self.starts += 1
-        self._wait_ready()
-        return self
+    def command(self) -> list[str]:
+        return ["java", "-jar", self.jar, "--host=127.0.0.1", f"--port={self.port}"]
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"Pub/Sub emulator exited with {self._proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)  # a poll interval, not a wait for correctness
-        self.stop()
-        raise RuntimeError(f"Pub/Sub emulator not ready on {self.host} after {READY_TIMEOUT:.0f} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self._proc is None:
-            return
+    def ready(self) -> bool:
         try:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._proc.wait(timeout=10)
-        self._proc = None
-
-    def restart(self) -> None:
-        """Kill the emulator and start a fresh one on the same port (topics and subscriptions are gone)."""
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
-        files = sorted(self._logdir.glob("emulator-*.log"))
-        return files[-1].read_text(errors="replace")[-4000:] if files else ""
-
-    def __enter__(self) -> "PubSubEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        shutil.rmtree(self._logdir, ignore_errors=True)
+            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as reply:
+                return reply.status == 200
+        except urllib.error.URLError:
+            return False
 
 
 @pytest.fixture(scope="session")

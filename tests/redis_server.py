@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import need
+from tests.local_process import LocalProcess
 
 READY_TIMEOUT = 15.0
 
@@ -44,12 +41,6 @@ def find_redis_server() -> tuple[str | None, str]:
     return None, "redis-server is not on PATH (as root: apt-get install -y redis-server)"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _command(sock: socket.socket, *words: str) -> bytes:
     # A RESP command and the first line of the reply: enough for PING and FLUSHALL, without the
     # redis client, so the fixture does not depend on what it serves tests of.
@@ -64,46 +55,29 @@ def _command(sock: socket.socket, *words: str) -> bytes:
     return reply.strip()
 
 
-class RedisServer:
+class RedisServer(LocalProcess):
     """One redis-server process; ``url`` is what ``FARM_REDIS`` should be."""
+
+    name = "redis-server"
+    ready_timeout = READY_TIMEOUT
 
     def __init__(self, executable: str | None = None, port: int | None = None):
         self.executable = executable or find_redis_server()[0]
         if self.executable is None:
             raise RuntimeError(find_redis_server()[1])
-        self.port = port or _free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="redis-server-"))
-        self._proc: subprocess.Popen | None = None
+        super().__init__(port)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
-        log = open(self._dir / "redis.log", "wb")
-        self._proc = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self._dir), "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)  # its own process group, so stop() reaches it and nothing else
-        log.close()
-        self._wait_ready()
-        return self
+    def command(self) -> list[str]:
+        return [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no"]
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self._proc.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    if _command(sock, "PING") == b"+PONG":
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)  # a poll interval, not a wait for correctness
-        self.stop()
-        raise RuntimeError(f"redis-server not ready on port {self.port} after {READY_TIMEOUT:.0f} s:\n{self.log()}")
+    def ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            return _command(sock, "PING") == b"+PONG"
 
     def flush(self) -> None:
         """Empty every database: each test starts from a clean Redis."""
@@ -111,30 +85,6 @@ class RedisServer:
             reply = _command(sock, "FLUSHALL")
         if reply != b"+OK":
             raise RuntimeError(f"FLUSHALL answered {reply!r}")
-
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            self._proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=10)
-        self._proc = None
-
-    def log(self) -> str:
-        path = self._dir / "redis.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def __enter__(self) -> "RedisServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,8 @@ from farmkit.bus import open_bus, publish_record
 from farmkit.fmel.stores import open_store
 from farmkit.paper import paper
 from tests.integration.test_paper import bars_of
-from tests.pubsub_emulator import _free_port, pubsub_emulator  # noqa: F401  (the session fixture)
+from tests.local_process import free_port
+from tests.pubsub_emulator import pubsub_emulator  # noqa: F401  (the session fixture)
 from tests.unit.test_engine import TrackedCross
 
 
@@ -211,7 +212,7 @@ def test_runner_on_the_emulator_survives_sigkill_and_stops_cleanly_on_sigterm(tm
     home, state = tmp_path / "farm", tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env.update(PUBSUB_EMULATOR_HOST=pubsub_emulator.host, FARM_HOME=str(home), FARM_BUS="pubsub://farm-local",
-               FARM_STATE_DIR=str(state), FARM_SUBSCRIPTION="runner-e2e", FARM_HEALTH_PORT=str(_free_port()),
+               FARM_STATE_DIR=str(state), FARM_SUBSCRIPTION="runner-e2e", FARM_HEALTH_PORT=str(free_port()),
                PYTHONPATH=str(REPO))
     history = fk.data.synthetic(["AAPL"], start=SMALL["start"], days=1, freq="1min", seed=7)["AAPL"]
     later = fk.data.synthetic(["AAPL"], start="2024-01-03", days=1, freq="1min", seed=8)["AAPL"].iloc[:80]

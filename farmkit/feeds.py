@@ -124,7 +124,9 @@ class LiveFeed(bt.feed.DataBase):
             return self._fill(*self._history.pop())
         while True:
             try:
-                item = self._queue.get(timeout=self.p.qcheck)
+                # cerebro sets _qcheck for each loop: 0 when another feed already has a bar waiting,
+                # so one quiet symbol does not hold up the others; qcheck when every feed is idle.
+                item = self._queue.get(timeout=getattr(self, "_qcheck", self.p.qcheck))
             except queue.Empty:
                 return None
             if item is STOP:

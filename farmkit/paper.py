@@ -273,6 +273,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         session.stop()
         session.handle.close()
         writer.close()
+        recorder.close()
         if own_bus:
             bus.close()
         if inbox is not None:

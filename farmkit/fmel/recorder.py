@@ -391,17 +391,31 @@ class FmelRecorder:
                    json_object('equity', equity, 'cash', cash, 'pnl', pnl, 'return', ret,
                                'drawdown', dd, 'exposure', exposure)::VARCHAR AS performance
             FROM frame ORDER BY bar_number"""
-        # One in-memory connection per recorder: opening one costs ~17 ms, more than assembling a
-        # second's worth of bars, and a paper run assembles a batch every second on the strategy thread.
+        if not self.batch_bars:   # a backtest writes once at the end: a connection for that alone
+            with duckdb.connect() as con:
+                return self._run(con, frame, sql)
+        # A paper run assembles a batch every second on the strategy thread, and opening a connection
+        # costs ~17 ms, more than the batch: it keeps one until close().
         if self._duck is None:
             self._duck = duckdb.connect()
-            self._duck.execute("SET TimeZone = 'UTC'")
-        self._duck.register("frame", frame)
+        return self._run(self._duck, frame, sql)
+
+    @staticmethod
+    def _run(con, frame: pa.Table, sql: str) -> pa.Table:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("frame", frame)
         try:
-            table = self._duck.sql(sql).to_arrow_table()
+            table = con.sql(sql).to_arrow_table()
         finally:
-            self._duck.unregister("frame")
+            con.unregister("frame")
         return table.cast(schema.arrow_schema("fmel"))
+
+    def close(self) -> None:
+        """Close the recorder's DuckDB connection. Left to the garbage collector, it could be freed
+        in a forked child (a sweep worker), which DuckDB does not survive."""
+        if self._duck is not None:
+            self._duck.close()
+            self._duck = None
 
 
 class RecorderHook(bt.Analyzer):

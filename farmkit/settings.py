@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlparse
 
 from farmkit.errors import ConfigError
 
@@ -84,3 +85,15 @@ class Settings:
         if bad:
             raise ConfigError(f"unknown setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
         return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+
+def backend(registry: Mapping, url: str, kind: str):
+    """The factory a URL's scheme names in ``registry`` (an explicit dict: nothing registers itself);
+    an unknown scheme is an error that lists the known ones.
+
+    >>> backend({"local": LocalStore}, "local://.farm", "store")
+    """
+    scheme = urlparse(url).scheme
+    if scheme not in registry or not url.startswith(f"{scheme}://"):
+        raise ConfigError(f"unknown {kind} {url!r}; known schemes: " + ", ".join(f"{s}://" for s in sorted(registry)))
+    return registry[scheme]

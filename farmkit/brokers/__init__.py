@@ -18,6 +18,7 @@ import backtrader as bt
 
 from farmkit.brokers.sim import configure, sim_broker
 from farmkit.errors import ConfigError
+from farmkit.settings import backend
 
 if TYPE_CHECKING:       # engine imports the brokers; a runtime import back would be circular
     from farmkit.engine import BrokerConfig
@@ -44,11 +45,8 @@ REGISTRY: dict[str, Callable[..., bt.broker.BrokerBase]] = {"sim": _sim, "alpaca
 def open_broker(url: str, config: "BrokerConfig", *, environ: Mapping[str, str] | None = None,
                 run_id: str | None = None) -> bt.broker.BrokerBase:
     """The broker a URL names: ``sim://`` or ``alpaca-paper://``; ``run_id`` is required for Alpaca."""
+    factory = backend(REGISTRY, url, "broker")
     parsed = urlparse(url)
-    factory = REGISTRY.get(parsed.scheme)
-    if factory is None or not url.startswith(f"{parsed.scheme}://"):
-        raise ConfigError(f"unknown broker {url!r}; known schemes: "
-                          + ", ".join(f"{s}://" for s in sorted(REGISTRY)))
     if parsed.netloc or parsed.path.strip("/"):
         raise ConfigError(f"broker URL {url!r} takes no host or path; write {parsed.scheme}://"
                           + (" and set APCA_API_BASE_URL to point elsewhere" if parsed.scheme == "alpaca-paper" else ""))

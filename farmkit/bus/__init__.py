@@ -21,6 +21,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from farmkit.errors import ConfigError, FarmError
+from farmkit.settings import backend
 
 __all__ = ["REGISTRY", "Bus", "BusBase", "BusError", "Message", "Subscription", "open_bus", "publish_record"]
 
@@ -177,10 +178,4 @@ def open_bus(url: str, **options) -> Bus:
 
     ``options`` go to the backend, e.g. ``max_latency=0.05`` (seconds a publish batch may wait).
     """
-    scheme = urlparse(url).scheme
-    try:
-        factory = REGISTRY[scheme]
-    except KeyError:
-        raise ConfigError(f"unknown bus {url!r}; known schemes: "
-                          + ", ".join(f"{s}://" for s in sorted(REGISTRY))) from None
-    return factory(url, **options)
+    return backend(REGISTRY, url, "bus")(url, **options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from farmkit.errors import ConfigError
+from farmkit.settings import backend
 from farmkit.fmel.local import LocalStore
 
 
@@ -18,10 +18,4 @@ REGISTRY = {"local": _local}
 
 def open_store(url: str):
     """Open the store a URL names: ``local://PATH`` (the embedded store)."""
-    scheme = urlparse(url).scheme
-    try:
-        factory = REGISTRY[scheme]
-    except KeyError:
-        raise ConfigError(f"unknown store {url!r}; known schemes: "
-                          + ", ".join(f"{s}://" for s in sorted(REGISTRY))) from None
-    return factory(url)
+    return backend(REGISTRY, url, "store")(url)

@@ -62,6 +62,7 @@ class PaperSession:
         self.state = "starting"
         self.handle = None                       # the bus subscription; replaced when it is made again
         self.resubscribe = None
+        self.replay = None                       # a farmkit.replay.Replay publishing on the run's bus
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -159,7 +160,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
           settings: Settings | None = None, store=None, max_bars: int | None = None,
           duration: float | None = None, batch_bars: int = 500, flush_seconds: float = 1.0, qcheck: float = 0.5,
           broker_url: str | None = None, on_start=None, state_dir=None, resume: Checkpoint | None = None,
-          tail_bars: int = 500, status_every: float = 1.0, **params):
+          tail_bars: int = 500, status_every: float = 1.0, replay: str | None = None,
+          replay_speed: float | None = None, **params):
     """Paper-trade a strategy on live bars from the bus until stopped; returns a ``BacktestResult``
     of the session (mode ``paper``).
 
@@ -169,6 +171,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     feed ends, or when ``session.stop()`` is called (``on_start(session)`` receives the session).
     ``state_dir`` keeps checkpoints, the inbox journal and the status file; a checkpoint found there
     (or passed as ``resume``) is resumed. ``tail_bars`` bars per symbol go into each checkpoint.
+    ``replay`` (default ``FARM_REPLAY``: ``"synthetic"`` or a file of bars) publishes a replayed market
+    on the run's own bus at ``replay_speed`` times real time (see :mod:`farmkit.replay`); a file's
+    replay ends the run when all its bars are processed.
 
     >>> res = fk.paper(SmaCross, ["AAPL"], bus="pubsub://my-project", history=bars, max_bars=390)
     """
@@ -195,6 +200,12 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     broker = BrokerConfig(cash=float(cash), commission=float(commission))
     started = register_run(store, run_id, strategy=strategy, agent_id=agent_id, mode="paper", params=params,
                            data_fingerprint=None, code=code_hash(strategy))
+    replay = replay if replay is not None else settings.replay
+    replay_bars = None
+    if replay:
+        from farmkit.replay import load_replay, trim_history
+        replay_bars = load_replay(replay, symbols, history)
+        history = trim_history(history, replay_bars)
     if resume is not None:
         history = _with_tail(history, resume, symbols)
     elif state_dir is not None:
@@ -263,6 +274,12 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
 
     session.resubscribe = resubscribe
     session.state = "running"
+    if replay_bars is not None:
+        from farmkit.replay import Replay
+        session.replay = Replay(replay_bars, bus, topic=topic, speed=replay_speed or settings.replay_speed,
+                                source="synthetic" if replay == "synthetic" else "replay").start()
+        log.info("replaying %d bars of %s at %gx real time on %s", len(session.replay), replay,
+                 session.replay.speed, topic)
     watcher = threading.Thread(target=_watch, args=(session, max_bars, duration, status_every), daemon=True)
     watcher.start()
     if on_start:
@@ -271,6 +288,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     def shut_down():
         session.state = "stopping"
         session.stop()
+        if session.replay is not None:
+            session.replay.stop()
         session.handle.close()
         writer.close()
         recorder.close()
@@ -328,6 +347,17 @@ class _Committer:
                 self.inbox.compact(newest.last)
 
 
+def _replay_drained(session: PaperSession) -> bool:
+    # A replay has published its last bar and every bar it sent has reached its feed and been taken
+    # off the queue: the run is over once the strategy had a moment to see the last one.
+    replay = session.replay
+    if not replay.finished.is_set():
+        return False
+    if sum(session.router.counts.values()) < replay.published or any(feed.haslivedata() for feed in session.feeds.values()):
+        return False
+    return session.last_bar_at is None or time.time() - session.last_bar_at > 1.0
+
+
 def _watch(session: PaperSession, max_bars: int | None, duration: float | None, status_every: float) -> None:
     # Stops the session from outside the strategy thread: by bar count, wall time or a stop file;
     # and keeps the status file fresh for the runner.
@@ -338,6 +368,8 @@ def _watch(session: PaperSession, max_bars: int | None, duration: float | None, 
         if max_bars is not None and session.recorder.bars >= max_bars:
             break
         if deadline is not None and time.monotonic() >= deadline:
+            break
+        if session.replay is not None and _replay_drained(session):
             break
         handle = session.handle
         if handle is not None and not handle.running and time.monotonic() >= next_retry:

@@ -82,7 +82,8 @@ def _format(value, kind: str) -> str:
 def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:
     """The metrics as a display table: pretty names, percentages and ratios formatted as text.
 
-    Known metrics come first in a fixed order; unknown keys follow, formatted as plain numbers.
+    Known metrics come first in a fixed order; unknown keys follow, formatted as plain numbers;
+    counters kept as a dict (a paper run's ``messages``) show one row per entry.
 
     >>> fk.report.metrics_table({"total_return": 0.1234, "sharpe": 1.5})
                    value
@@ -94,8 +95,14 @@ def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:
     names, values = [], []
     for key in keys:
         name, kind = _METRICS.get(key, (key.replace("_", " ").capitalize(), "ratio"))
+        value = metrics[key]
+        if isinstance(value, dict):
+            for part, count in value.items():
+                names.append(f"{name}: {part}")
+                values.append(_format(count, "count"))
+            continue
         names.append(name)
-        values.append(_format(metrics[key], kind))
+        values.append(_format(value, kind))
     return pd.DataFrame({"value": values}, index=pd.Index(names, name="metric"))
 
 

@@ -26,6 +26,9 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_STATE_DIR": ("state_dir", None),  # checkpoints and status of a paper run (the pod's volume)
     "FARM_WARMUP_BARS": ("warmup_bars", None),  # history bars per symbol that prime a paper run; default all
     "FARM_HEALTH_PORT": ("health_port", "8080"),
+    # `farm paper --replay`: the paper session publishes a replayed market on its own bus.
+    "FARM_REPLAY": ("replay", None),        # synthetic | path to a CSV or Parquet file of bars
+    "FARM_REPLAY_SPEED": ("replay_speed", "60"),  # multiple of real time (60: a minute bar per second)
 }
 
 
@@ -50,6 +53,8 @@ class Settings:
     state_dir: Path | None = None
     warmup_bars: int | None = None
     health_port: int = 8080
+    replay: str | None = None
+    replay_speed: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -77,6 +82,12 @@ class Settings:
                     raise ValueError
             except ValueError:
                 raise ConfigError(f"{var} must be a whole number >= {least}, got {values[name]!r}") from None
+        try:
+            values["replay_speed"] = float(values["replay_speed"])
+            if not values["replay_speed"] > 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"FARM_REPLAY_SPEED must be a number > 0, got {values['replay_speed']!r}") from None
         return cls(**values)
 
     def replace(self, **changes) -> "Settings":

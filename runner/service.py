@@ -65,6 +65,10 @@ class Runner:
         warmup = self.settings.warmup_bars if self.settings.warmup_bars is not None else self.manifest.get("warmup_bars")
         if warmup:
             env["FARM_WARMUP_BARS"] = str(int(warmup))
+        if self.settings.replay:
+            env["FARM_REPLAY"] = str(Path(self.settings.replay).absolute()) if self.settings.replay != "synthetic" \
+                else "synthetic"
+            env["FARM_REPLAY_SPEED"] = f"{self.settings.replay_speed:g}"
         return env
 
     # -- running -----------------------------------------------------------------------------------
@@ -72,7 +76,8 @@ class Runner:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.clear_stop(self.state_dir)
         # Papermill's kernel inherits this process's environment; FARM_RUN_ID belongs to `farm backtest`.
-        os.environ.pop("FARM_RUN_ID", None)
+        for name in ("FARM_RUN_ID", "FARM_REPLAY", "FARM_REPLAY_SPEED", "FARM_WARMUP_BARS"):
+            os.environ.pop(name, None)
         os.environ.update(self.kernel_environment())
         self._thread = threading.Thread(target=self._execute, name="papermill", daemon=True)
         self._thread.start()

@@ -156,3 +156,9 @@ def test_to_html_writes_one_self_contained_page(tmp_path):
     assert '<table class="dataframe metrics">' in page
     assert "<th>Total return</th>" in page and "<td>12.34%</td>" in page
     assert 'id="tearsheet"' in page
+
+
+def test_metrics_table_shows_counters_one_row_each():
+    table = report.metrics_table({"sharpe": 1.5, "messages": {"routed": 1200, "late": 3}})
+    assert table.loc["Messages: routed", "value"] == "1,200"
+    assert table.loc["Messages: late", "value"] == "3"

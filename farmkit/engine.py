@@ -237,7 +237,9 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
         # A paper pod runs the research notebook unchanged: its bars prime the indicators, live bars
         # come from the bus. The one place where the two modes part.
         from farmkit.paper import paper
-        return paper(strategy, list(bars), history=_warmup(bars, settings.warmup_bars), bus=settings.bus,
+        from farmkit.warmup import warmup_history
+        history = warmup_history(settings.warmup, list(bars), settings.warmup_bars, bars)
+        return paper(strategy, list(bars), history=history, bus=settings.bus,
                      subscription=settings.subscription, agent_id=agent_id or settings.agent_id,
                      cash=cash, commission=commission, settings=settings, store=store,
                      state_dir=settings.state_dir, **params)
@@ -276,16 +278,6 @@ def _honest_metrics(store, strategy: str, code: str, result) -> dict:
     honest = trials.honest_metrics(result.equity, n_trials, variance)
     return {"psr": honest["psr"], "dsr": honest["dsr"], "min_track_record_days": honest["min_track_record_days"],
             "trials": n_trials}
-
-
-def _warmup(bars: Bars, n: int | None) -> Bars:
-    """The last ``n`` bars of each symbol (all of them when ``n`` is None)."""
-    if n is None:
-        return bars
-    out = Bars()
-    for symbol, frame in bars.items():
-        out[symbol] = frame.iloc[-n:] if n else frame.iloc[:0]
-    return out
 
 
 def history_feeds(bars: Bars) -> list[HistoryFeed]:

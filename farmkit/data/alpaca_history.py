@@ -15,6 +15,7 @@ from farmkit.data.bars import Bars, validate_frame
 from farmkit.errors import AlpacaAPIError, DataError, MissingCredentials
 
 KEY_VARIABLE = "APCA_API_KEY_ID"
+DATA_URL_VARIABLE = "APCA_API_DATA_URL"     # Alpaca's name for a market-data URL override
 SECRET_VARIABLE = "APCA_API_SECRET_KEY"
 
 _UNITS = {"min": "Minute", "minute": "Minute", "t": "Minute", "h": "Hour", "hour": "Hour",
@@ -29,7 +30,7 @@ def alpaca(symbols: str | Iterable[str], start, end=None, *, timeframe="1Min", f
     Stock symbols need ``APCA_API_KEY_ID`` and ``APCA_API_SECRET_KEY`` (free paper-account keys work,
     with ``feed="iex"``); crypto pairs such as ``"BTC/USD"`` need no keys. ``start``/``end`` are strings
     or datetimes, naive meaning UTC; ``end`` defaults to now. ``timeframe`` is ``"1Min"``, ``"5Min"``,
-    ``"1Hour"``, ``"1Day"``, ...
+    ``"1Hour"``, ``"1Day"``, ... ``url_override`` (default ``APCA_API_DATA_URL``) points at another server.
 
     >>> bars = fk.data.alpaca(["AAPL", "MSFT"], start="2024-01-02", end="2024-01-06", timeframe="5Min")
     >>> btc = fk.data.alpaca("BTC/USD", start="2024-01-01", end="2024-01-02")
@@ -50,6 +51,7 @@ def alpaca(symbols: str | Iterable[str], start, end=None, *, timeframe="1Min", f
               "end": None if end is None else _utc(end, "end")}
     if window["end"] is not None and window["end"] <= window["start"]:
         raise ValueError(f"end ({window['end']}) must be after start ({window['start']})")
+    url_override = url_override or (environ.get(DATA_URL_VARIABLE) or "").strip() or None
     base_url = url_override.rstrip("/") if url_override else None
     # raw_data=True: plain dicts per bar; alpaca-py's pydantic model per bar would cost more than the download.
     raw: dict[str, list] = {}

@@ -4,9 +4,10 @@ a dozen gauges and counters do not need a client library)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from farmkit.health import HealthServer as BaseHealthServer
+from farmkit.health import escape_label as _escape
 
 # name -> (type, help, status key)
 _METRICS = {
@@ -51,52 +52,15 @@ def render_metrics(report: dict, labels: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _escape(value) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class HealthServer:
-    """Serves the endpoints from ``report()`` (a dict with ``ready``, ``kernel_running``, ``status``...)
-    on a thread. ``port=0`` picks a free port (``server.port`` says which)."""
+class HealthServer(BaseHealthServer):
+    """The shared server (:class:`farmkit.health.HealthServer`) fed from a runner report (a dict with
+    ``ready``, ``reason``, ``kernel_running``, ``status``...)."""
 
     def __init__(self, report: Callable[[], dict], labels: dict[str, str], host: str = "0.0.0.0", port: int = 8080):
         self.report, self.labels = report, labels
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                path = self.path.split("?")[0]
-                if path == "/healthz":
-                    self._send(200, "ok\n")
-                elif path == "/readyz":
-                    report = outer.report()
-                    self._send(200 if report["ready"] else 503, f"{report['reason']}\n")
-                elif path == "/metrics":
-                    self._send(200, render_metrics(outer.report(), outer.labels),
-                               "text/plain; version=0.0.4; charset=utf-8")
-                else:
-                    self._send(404, "not found: try /healthz, /readyz or /metrics\n")
+        def ready() -> tuple[bool, str]:
+            current = report()
+            return bool(current["ready"]), str(current["reason"])
 
-            def _send(self, code: int, body: str, kind: str = "text/plain; charset=utf-8"):
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):   # probes every few seconds would flood the pod's log
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
-
-    def start(self) -> "HealthServer":
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(ready, lambda: render_metrics(report(), labels), host=host, port=port)

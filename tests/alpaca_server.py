@@ -3,21 +3,30 @@
 Market data: it serves bars the test hands it, checks the key headers like Alpaca does, pages with a small
 page size so that ``next_page_token`` is exercised, and logs every request.
 
+News: ``GET /v1beta1/news`` over the items in ``news`` (build them with :func:`news_item`; ``add_news`` and
+``update_news`` change them while a test runs), filtered and sorted on ``updated_at`` and paged with a cursor
+token, so items appended between pages are neither skipped nor repeated. With no ``start`` every item counts.
+
 Paper trading: orders, account, positions and clock, with a fill model the test controls. Market orders
 fill at once at ``prices[symbol]`` when ``auto_fill`` is on (limit orders when marketable); otherwise
 orders rest until ``fill(order_id, qty, price)``. ``fail_next(path, status)`` makes the next request(s)
 fail, before or ``after`` the server acted on them (a lost response), or answer only after ``delay``.
 More endpoints plug in through ``routes``; ``{id}`` in a route's path matches one path segment.
+``rate_limit`` requests per ``rate_window`` seconds (Alpaca: 200 a minute) answer 429 with ``Retry-After`` beyond.
 
     with AlpacaServer(stock_bars={"AAPL": frame}, page_size=50) as server:
         fk.data.alpaca("AAPL", start=..., url_override=server.url, environ=server.environ)
         server.requests_to("/v2/stocks/bars")      # what the client asked for, page by page
+
+    with AlpacaServer(news=[news_item(1, "AAPL beats", ["AAPL"], "2024-01-02T14:00:00Z")], page_size=10) as server:
+        NewsClient(server.key_id, server.secret_key, url_override=server.url).get_news(NewsRequest(symbols="AAPL"))
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import threading
 import time
@@ -47,6 +56,7 @@ class RecordedRequest:
 
 
 Reply = tuple[int, object]                  # (HTTP status, JSON-serialisable body; None for no body)
+                                            # or (status, body, extra headers)
 Route = Callable[[RecordedRequest], Reply]
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
 TIMES_IN_FORCE = ("day", "gtc", "opg", "cls", "ioc", "fok")
@@ -82,6 +92,9 @@ class AlpacaServer:
     prices: dict[str, float] = field(default_factory=dict)
     auto_fill: bool = True
     market_open: bool = True
+    news: list[dict] = field(default_factory=list)
+    rate_limit: int | None = None
+    rate_window: float = 60.0
     requests: list[RecordedRequest] = field(default_factory=list, init=False)
     routes: dict[tuple[str, str], Route] = field(default_factory=dict, init=False)
     orders: dict[str, dict] = field(default_factory=dict, init=False)       # Alpaca order id → order JSON
@@ -93,9 +106,11 @@ class AlpacaServer:
         self._lock = threading.RLock()
         self._failures: list[Failure] = []
         self._spent = 0.0                   # net cash paid for fills
+        self._recent: list[float] = []      # monotonic times of the requests inside the rate window
         self.account_id = str(uuid.uuid4())
         self.routes[("GET", "/v2/stocks/bars")] = self._stock_bars
         self.routes[("GET", "/v1beta3/crypto/us/bars")] = self._crypto_bars
+        self.routes[("GET", "/v1beta1/news")] = self._news
         self.routes.update({
             ("POST", "/v2/orders"): self._post_order, ("GET", "/v2/orders"): self._list_orders,
             ("GET", "/v2/orders/{id}"): self._get_order, ("DELETE", "/v2/orders/{id}"): self._cancel_order,
@@ -146,6 +161,7 @@ class AlpacaServer:
             self.orders.clear()
             self.positions.clear()
             self._failures.clear()
+            self._recent.clear()
             self._spent = 0.0
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
@@ -157,6 +173,9 @@ class AlpacaServer:
     def handle(self, request: RecordedRequest) -> Reply:
         with self._lock:
             self.requests.append(request)
+            limited = self._rate_limited()
+            if limited is not None:
+                return limited
             failure = next((f for f in self._failures if f.path == request.path
                             and f.method in (None, request.method)), None)
             if failure is not None:
@@ -176,6 +195,19 @@ class AlpacaServer:
             if failure.status is not None:
                 return failure.status, {"code": failure.status * 100_000, "message": "injected failure"}
         return reply
+
+    def _rate_limited(self) -> Reply | None:
+        if self.rate_limit is None:
+            return None
+        now = time.monotonic()
+        self._recent = [t for t in self._recent if t > now - self.rate_window]
+        if len(self._recent) < self.rate_limit:
+            self._recent.append(now)
+            return None
+        wait = max(1, math.ceil(self._recent[0] + self.rate_window - now))
+        return 429, {"code": 42910000, "message": "too many requests."}, {
+            "Retry-After": str(wait), "X-RateLimit-Limit": str(self.rate_limit), "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(time.time()) + wait)}
 
     def fail_next(self, path: str, status: int | None = 504, *, method: str | None = None, times: int = 1,
                   after: bool = False, delay: float = 0.0) -> None:
@@ -243,6 +275,64 @@ class AlpacaServer:
         token = base64.urlsafe_b64encode(str(offset + len(page)).encode()).decode() if more else None
         return 200, {"bars": bars, "next_page_token": token}
 
+    # --- news ------------------------------------------------------------------------------------------------
+
+    def add_news(self, *items: dict) -> None:
+        """Publish more news items (see :func:`news_item`)."""
+        with self._lock:
+            self.news.extend(items)
+
+    def update_news(self, news_id: int, updated_at=None, **changes) -> dict:
+        """Edit an item as a publisher would: apply ``changes`` and move ``updated_at`` (default: now)."""
+        with self._lock:
+            item = next((n for n in self.news if n["id"] == news_id), None)
+            if item is None:
+                raise KeyError(f"no news item with id {news_id}")
+            item.update(changes, updated_at=_rfc3339(updated_at if updated_at is not None else _now()))
+            return dict(item)
+
+    def _news(self, request: RecordedRequest) -> Reply:
+        denied = self.authenticate(request)
+        if denied:
+            return denied
+        q = request.query
+        try:
+            start, end = (_utc(q[k]) if q.get(k) else None for k in ("start", "end"))
+            limit = int(q.get("limit", "10"))
+            after = _news_cursor(q["page_token"]) if q.get("page_token") else None
+        except (ValueError, TypeError) as exc:
+            return 400, {"code": 40010001, "message": f"invalid query: {exc}"}
+        if not 1 <= limit <= 50:
+            return 400, {"code": 40010001, "message": "invalid limit: must be between 1 and 50"}
+        sort = q.get("sort", "desc").lower()
+        if sort not in ("asc", "desc"):
+            return 400, {"code": 40010001, "message": f"invalid sort: {q['sort']!r}"}
+        descending = sort == "desc"
+        symbols = set(filter(None, q.get("symbols", "").split(",")))
+        with_content = q.get("include_content", "false").lower() == "true"
+        skip_contentless = q.get("exclude_contentless", "false").lower() == "true"
+
+        def key(item):
+            return _utc(item["updated_at"]).value, int(item["id"])
+
+        with self._lock:
+            rows = [dict(n) for n in self.news
+                    if (not symbols or symbols & set(n.get("symbols", ())))
+                    and (start is None or _utc(n["updated_at"]) >= start)
+                    and (end is None or _utc(n["updated_at"]) <= end)
+                    and (not skip_contentless or n.get("content"))]
+        rows.sort(key=key, reverse=descending)
+        if after is not None:
+            rows = [n for n in rows if (key(n) < after if descending else key(n) > after)]
+        page = rows[:min(limit, self.page_size)]
+        token = None
+        if len(rows) > len(page):
+            token = base64.urlsafe_b64encode("{}:{}".format(*key(page[-1])).encode()).decode()
+        for item in page:
+            item.update(created_at=_rfc3339(item["created_at"]), updated_at=_rfc3339(item["updated_at"]))
+            if not with_content:
+                item["content"] = ""
+        return 200, {"news": page, "next_page_token": token}
 
     # --- paper trading ------------------------------------------------------------------------------------
 
@@ -451,6 +541,29 @@ def _order_problem(body: dict) -> str | None:
     return None
 
 
+def news_item(news_id: int, headline: str = "", symbols=(), created_at=None, updated_at=None, **fields) -> dict:
+    """A complete news item as Alpaca serves it; ``created_at`` defaults to now, ``updated_at`` to ``created_at``.
+
+        news_item(7, "AAPL beats", ["AAPL"], "2024-01-02T14:00:00Z", content="<p>...</p>")
+    """
+    created = _rfc3339(created_at if created_at is not None else _now())
+    item = {"id": int(news_id), "headline": headline or f"headline {news_id}", "summary": "", "author": "Test Wire",
+            "created_at": created, "updated_at": _rfc3339(updated_at) if updated_at is not None else created,
+            "url": f"https://news.example/{news_id}", "symbols": list(symbols), "source": "benzinga",
+            "content": f"<p>story {news_id}</p>", "images": []}
+    item.update(fields)
+    return item
+
+
+def _news_cursor(token: str) -> tuple[int, int]:
+    stamp, news_id = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+    return int(stamp), int(news_id)
+
+
+def _rfc3339(value) -> str:
+    return _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")        # Alpaca's news times have whole seconds
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -497,14 +610,16 @@ class _Handler(BaseHTTPRequestHandler):
         request = RecordedRequest(method=self.command, path=parts.path, query=dict(parse_qsl(parts.query)),
                                   headers={k.lower(): v for k, v in self.headers.items()}, body=body)
         try:
-            status, reply = self.server.app.handle(request)
+            status, reply, *extra = self.server.app.handle(request)
         except Exception as exc:  # a bug in a route must show up in the test, not hang the client
-            status, reply = 500, {"code": 50010000, "message": f"test server error: {exc!r}"}
+            status, reply, extra = 500, {"code": 50010000, "message": f"test server error: {exc!r}"}, []
         payload = b"" if reply is None else json.dumps(reply).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            for name, value in (extra[0] if extra else {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):

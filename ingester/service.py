@@ -228,8 +228,12 @@ class Ingester:
             log.error("fatal: %s", detail)
             self.stop_event.set()
 
-    def _frame_error(self, feed: str) -> None:
-        self._malformed(feed, "a frame could not be decoded")
+    def _frame_error(self, feed: str) -> bool:
+        conn = next((c for c in self.connections if c.feed == feed), None)
+        if conn is None or not conn.connected:    # a refused connect or auth, reported as such elsewhere
+            return False
+        self._malformed(conn.name, "a frame could not be read")
+        return True
 
     # -- health ---------------------------------------------------------------------------------------
 

@@ -224,16 +224,16 @@ class FrameErrorCounter(logging.Handler):
     """Counts the frames alpaca-py could not decode or dispatch ("error during websocket communication"),
     per feed thread, and says in our log what happened to the data."""
 
-    def __init__(self, count: Callable[[str], None]):
+    def __init__(self, count: Callable[[str], bool]):
         super().__init__(logging.ERROR)
         self.count = count
 
     def emit(self, record: logging.LogRecord) -> None:
         if "error during websocket communication" in record.getMessage() and record.threadName.startswith("feed-"):
             feed = record.threadName[5:]
-            self.count(feed)
-            log.warning("%s: a frame could not be read and was skipped (the messages in it are lost; the gap "
-                        "is backfilled when the next bar shows it)", feed)
+            if self.count(feed):
+                log.warning("%s: a frame could not be read and was skipped (the messages in it are lost; the gap "
+                            "is backfilled when the next bar shows it)", feed)
 
     def install(self) -> "FrameErrorCounter":
         logging.getLogger(_ALPACA_LOGGER).addHandler(self)

@@ -33,7 +33,7 @@ from farmkit.data.bars import Bars, to_bars
 from farmkit.engine import (BrokerConfig, build_cerebro, check_params, code_hash, new_run_id, register_run,
                             run_cerebro)
 from farmkit.feeds import LiveFeed
-from farmkit.fmel.recorder import FmelRecorder, num2ns
+from farmkit.fmel.recorder import Assembler, FmelRecorder, num2ns
 from farmkit.fmel.stores import open_store
 from farmkit.fmel.writer import BatchWriter
 from farmkit.inbox import Inbox
@@ -213,8 +213,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         # (its inbox holds the bars already acked).
         _checkpoint.save(Checkpoint(run_id=run_id, agent_id=agent_id, bars_written=0), state_dir)
 
+    # The strategy thread only gathers each batch's numbers; the writer thread makes the rows.
     recorder = FmelRecorder(run_id, agent_id, mode="paper", batch_bars=batch_bars, flush_seconds=flush_seconds,
-                            first_bar=resume.bars_written if resume else 0)
+                            first_bar=resume.bars_written if resume else 0, defer_assembly=True)
     if resume is not None:
         recorder.resume(positions={s: p[0] for s, p in resume.positions.items()}, start_value=resume.start_value,
                         peak=resume.peak)
@@ -243,7 +244,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     snapshots = Snapshots(recorder, broker_instance, run_id=run_id, agent_id=agent_id, tail_bars=tail_bars,
                           resume=resume) if state_dir is not None else None
     commit = _Committer(store, session, state_dir, inbox)
-    writer = BatchWriter(commit, settings.home / "spill" / run_id)
+    assembler = Assembler()
+    writer = BatchWriter(commit, settings.home / "spill" / run_id, prepare=assembler)
     session.writer = writer
     recorder.sink = (lambda table: writer.put(snapshots.annotate(table))) if snapshots else writer.put
 
@@ -292,6 +294,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
             session.replay.stop()
         session.handle.close()
         writer.close()
+        assembler.close()
         recorder.close()
         if own_bus:
             bus.close()

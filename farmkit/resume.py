@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from farmkit.checkpoint import Checkpoint
-from farmkit.fmel.recorder import FmelRecorder, num2ns
+from farmkit.fmel.recorder import Batch, FmelRecorder, num2ns
 
 META_KEY = b"farm.checkpoint"
 _EXECTYPES = {bt.Order.Market: "market", bt.Order.Limit: "limit", bt.Order.Stop: "stop",
@@ -32,7 +32,7 @@ def _ns(num: float) -> int:
 
 
 class Snapshots:
-    """Builds the checkpoint of each batch the recorder cuts (``annotate(table)``, strategy thread)."""
+    """Builds the checkpoint of each batch the recorder cuts (``annotate(batch)``, strategy thread)."""
 
     def __init__(self, recorder: FmelRecorder, broker, *, run_id: str, agent_id: str, tail_bars: int,
                  resume: Checkpoint | None = None):
@@ -42,12 +42,12 @@ class Snapshots:
         self._counted = 0          # recorder bars whose decisions were counted in orders_placed
         self._refs: set[int] = set()
 
-    def annotate(self, table: pa.Table) -> pa.Table:
-        if table.num_rows == 0:
-            return table
-        snapshot = self.take(table.column("bar_number")[-1].as_py() - self.recorder.first_bar)
-        return table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                              META_KEY: json.dumps(snapshot.to_dict()).encode()})
+    def annotate(self, batch: Batch) -> Batch:
+        """The batch, with the checkpoint of its last bar in its metadata (it reaches the written table)."""
+        if batch.num_rows:
+            snapshot = self.take(batch.last_bar - self.recorder.first_bar)
+            batch.metadata[META_KEY] = json.dumps(snapshot.to_dict()).encode()
+        return batch
 
     def take(self, bar: int) -> Checkpoint:
         rec = self.recorder

@@ -63,6 +63,82 @@ def _finite(value) -> bool:
     return not (isinstance(value, float) and not math.isfinite(value))
 
 
+SQL_KEY = b"farm.assembly_sql"      # a raw batch spilled before assembly carries its SQL
+
+
+class Batch:
+    """FMEL rows of bars ``first_bar``..``last_bar`` as the strategy thread gathered them (numbers and
+    JSON fragments in columns), not yet in canonical form: :meth:`assemble` makes the rows, on whichever
+    thread can spare the time. ``metadata`` goes onto the assembled table (e.g. its checkpoint)."""
+
+    def __init__(self, frame: pa.Table, sql: str, first_bar: int, last_bar: int):
+        self.frame, self.sql, self.first_bar, self.last_bar = frame, sql, first_bar, last_bar
+        self.metadata: dict[bytes, bytes] = {}
+
+    @property
+    def num_rows(self) -> int:
+        return self.frame.num_rows
+
+    def assemble(self, con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
+        """The canonical FMEL rows (``con``: a DuckDB connection to reuse; default a fresh one)."""
+        if con is None:
+            with duckdb.connect() as own:
+                table = _run_sql(own, self.frame, self.sql)
+        else:
+            table = _run_sql(con, self.frame, self.sql)
+        if self.metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self.metadata})
+        return table
+
+    def to_table(self) -> pa.Table:
+        """The raw batch as one table (SQL and metadata in its schema metadata), e.g. to spill it."""
+        return self.frame.replace_schema_metadata({**self.metadata, SQL_KEY: self.sql.encode()})
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "Batch | None":
+        """The raw batch :meth:`to_table` wrote, or None for a table of canonical rows."""
+        metadata = dict(table.schema.metadata or {})
+        sql = metadata.pop(SQL_KEY, None)
+        if sql is None:
+            return None
+        numbers = table.column("bar_number")
+        batch = cls(table.replace_schema_metadata(None), sql.decode(), numbers[0].as_py(), numbers[-1].as_py())
+        batch.metadata = metadata
+        return batch
+
+
+def _run_sql(con, frame: pa.Table, sql: str) -> pa.Table:
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("frame", frame)
+    try:
+        table = con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister("frame")
+    return table.cast(schema.arrow_schema("fmel"))
+
+
+class Assembler:
+    """Makes canonical rows of what a deferring recorder hands on (a :class:`Batch`, or a spilled raw
+    batch read back), with one DuckDB connection for the thread that calls it; tables that are
+    already canonical pass through."""
+
+    def __init__(self):
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def __call__(self, item) -> pa.Table:
+        batch = item if isinstance(item, Batch) else Batch.from_table(item)
+        if batch is None:
+            return item
+        if self._con is None:
+            self._con = duckdb.connect()
+        return batch.assemble(self._con)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
 class FmelRecorder:
     """Collects the FMEL of one run and hands batches of canonical rows to ``sink(table)``.
 
@@ -70,11 +146,15 @@ class FmelRecorder:
     ``first_bar`` is the bar_number of the first record (a resumed paper run continues the numbering).
     While ``replaying`` is true (a resumed run going again over bars it had already recorded), bars,
     orders and trades are not recorded; orders whose ref is in ``ignored`` never are.
+    With ``defer_assembly`` the sink receives :class:`Batch` objects and assembles them itself (an
+    :class:`Assembler` on a writer thread): the strategy thread only gathers the numbers.
     """
 
     def __init__(self, run_id: str, agent_id: str, mode: str = "backtest", sink=None,
-                 batch_bars: int = 0, flush_seconds: float = 1.0, clock=time.time, first_bar: int = 0):
+                 batch_bars: int = 0, flush_seconds: float = 1.0, clock=time.time, first_bar: int = 0,
+                 defer_assembly: bool = False):
         self.run_id, self.agent_id, self.mode = run_id, agent_id, mode
+        self.defer_assembly = defer_assembly
         self.first_bar = first_bar
         self.replaying = self.replay_done = False
         self.ignored: set[int] = set()
@@ -260,16 +340,22 @@ class FmelRecorder:
         self._last_flush = self.clock()
         while self.written < self.bars:
             end = min(self.bars, self.written + chunk)
-            table = self.batch(self.written, end)
+            batch = self.collect(self.written, end)
+            out = batch if self.defer_assembly else self._assemble(batch)
             if self.sink is not None:
-                self.sink(table)
+                self.sink(out)
             self.written = end
-            self.rows_written += table.num_rows
-            n += table.num_rows
+            self.rows_written += batch.num_rows
+            n += batch.num_rows
         return n
 
     def batch(self, start: int, end: int) -> pa.Table:
         """Canonical FMEL rows for bars ``start`` to ``end`` (end excluded)."""
+        return self._assemble(self.collect(start, end))
+
+    def collect(self, start: int, end: int) -> Batch:
+        """The raw :class:`Batch` of bars ``start`` to ``end``: everything read from the strategy's
+        line buffers and order books (which only this thread may touch), ready to assemble."""
         cols: dict[str, np.ndarray | pa.Array] = {}
         cols["bar_number"] = np.arange(start + self.first_bar, end + self.first_bar, dtype="int64")
         cols["ts"] = pa.array(num2ns(np.frombuffer(self.timestamps, "f8")[start:end]),
@@ -317,7 +403,7 @@ class FmelRecorder:
         if self._with_events:
             cols["ev"] = pa.array([json.dumps(e) if e else None for e in events], pa.string())
         frame = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in cols.items()})
-        return self._assemble(frame)
+        return Batch(frame, self._sql(), start + self.first_bar, end - 1 + self.first_bar)
 
     @staticmethod
     def _gather(line, idx, valid) -> np.ndarray:
@@ -366,7 +452,7 @@ class FmelRecorder:
             out[bar - start] = json.dumps(events, default=_json_default)
         return out
 
-    def _assemble(self, frame: pa.Table) -> pa.Table:
+    def _sql(self) -> str:
         def lit(text: str) -> str:
             return "'" + str(text).replace("'", "''") + "'"
 
@@ -391,24 +477,15 @@ class FmelRecorder:
                    json_object('equity', equity, 'cash', cash, 'pnl', pnl, 'return', ret,
                                'drawdown', dd, 'exposure', exposure)::VARCHAR AS performance
             FROM frame ORDER BY bar_number"""
+        return sql
+
+    def _assemble(self, batch: Batch) -> pa.Table:
         if not self.batch_bars:   # a backtest writes once at the end: a connection for that alone
-            with duckdb.connect() as con:
-                return self._run(con, frame, sql)
-        # A paper run assembles a batch every second on the strategy thread, and opening a connection
-        # costs ~17 ms, more than the batch: it keeps one until close().
+            return batch.assemble()
+        # Batches every second: opening a connection costs ~17 ms, more than the batch; keep one until close().
         if self._duck is None:
             self._duck = duckdb.connect()
-        return self._run(self._duck, frame, sql)
-
-    @staticmethod
-    def _run(con, frame: pa.Table, sql: str) -> pa.Table:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("frame", frame)
-        try:
-            table = con.sql(sql).to_arrow_table()
-        finally:
-            con.unregister("frame")
-        return table.cast(schema.arrow_schema("fmel"))
+        return batch.assemble(self._duck)
 
     def close(self) -> None:
         """Close the recorder's DuckDB connection. Left to the garbage collector, it could be freed

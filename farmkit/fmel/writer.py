@@ -21,10 +21,15 @@ _STOP = object()
 class BatchWriter:
     """``put(table)`` returns at once; a thread hands tables to ``sink``. When ``sink`` raises, the
     batch goes to ``spill_dir`` and is retried every ``retry_every`` seconds (and on close). The store's
-    writes are idempotent per batch, so a retry cannot duplicate records."""
+    writes are idempotent per batch, so a retry cannot duplicate records.
 
-    def __init__(self, sink: Callable[[pa.Table], object], spill_dir: str | Path, *, retry_every: float = 5.0):
-        self.sink, self.retry_every = sink, retry_every
+    ``prepare`` turns what is put (e.g. a recorder's raw batch) into the table for ``sink``, on the
+    writer's thread; it is also applied to spilled tables read back. What cannot be prepared is spilled
+    as it is (objects with ``to_table()`` as that table), with the error logged."""
+
+    def __init__(self, sink: Callable[[pa.Table], object], spill_dir: str | Path, *, retry_every: float = 5.0,
+                 prepare: Callable[[object], pa.Table] | None = None):
+        self.sink, self.retry_every, self.prepare = sink, retry_every, prepare
         self.spill_dir = Path(spill_dir)
         self.written = self.spilled = self.failures = 0
         self.last_error: str | None = None
@@ -66,8 +71,11 @@ class BatchWriter:
                 self._replay()
                 next_retry = time.monotonic() + self.retry_every
 
-    def _write(self, table: pa.Table) -> bool:
+    def _write(self, item) -> bool:
+        table = item
         try:
+            if self.prepare is not None:
+                table = self.prepare(item)
             self.sink(table)
             self.written += 1
             return True
@@ -78,7 +86,9 @@ class BatchWriter:
             self._spill(table)
             return False
 
-    def _spill(self, table: pa.Table) -> None:
+    def _spill(self, table) -> None:
+        if not isinstance(table, pa.Table):
+            table = table.to_table()
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         temporary = self.spill_dir / f".{name}.tmp"
@@ -92,7 +102,8 @@ class BatchWriter:
     def _replay(self) -> None:
         for path in self._spilled():
             try:
-                self.sink(pq.read_table(path))
+                table = pq.read_table(path)
+                self.sink(self.prepare(table) if self.prepare is not None else table)
             except Exception as exc:  # noqa: BLE001 - stays on disk for the next try
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 return

@@ -16,6 +16,8 @@ _EPILOG = """examples:
   farm check-lookahead notebooks/strategies/sma_crossover.ipynb
   farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross
   farm paper agents/sma-crossover --replay synthetic --speed 60   # paper trading, no keys needed
+  farm ingest --source synthetic --stocks AAPL,MSFT --speed 60    # market data onto the bus (FARM_BUS)
+  farm archive                   # bars and news from the bus into the store
   farm parity RUN_ID --strategy strategies.py:SmaCross
   farm leaderboard               # the best agents by Sharpe (Redis)
   farm runs                      # recent runs with their metrics
@@ -141,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--bar", type=int, help="bar number (0-based)")
     group.add_argument("--at", help="timestamp (UTC unless it says otherwise)")
     ex.set_defaults(handler=_explain)
+
+    from ingester.cli import register as register_ingester
+    register_ingester(sub)          # farm ingest, farm archive
     return parser
 
 

@@ -61,7 +61,9 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
-        unknown = sorted(k for k in environ if k.startswith("FARM_") and k not in _VARIABLES)
+        # FARM_INGEST_* belong to the ingester, which checks them itself (ingester.settings).
+        unknown = sorted(k for k in environ if k.startswith("FARM_") and k not in _VARIABLES
+                         and not k.startswith("FARM_INGEST_"))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(_VARIABLES))}")

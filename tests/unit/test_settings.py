@@ -19,3 +19,16 @@ def test_replay_and_warm_up_defaults():
 def test_bad_values_say_what_is_expected(variable, value, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({variable: value})
+
+
+def test_the_ingesters_settings_are_left_to_the_ingester():
+    assert Settings.from_env({"FARM_INGEST_STOCKS": "AAPL"}).bus == "memory://"
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Settings.from_env({"FARM_INGESTS": "AAPL"})
+
+
+def test_farm_has_the_ingester_commands(capsys):
+    from farmkit.cli import main
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    assert "--source" in capsys.readouterr().out

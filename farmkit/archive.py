@@ -172,6 +172,38 @@ def read_bars(home: str | os.PathLike):
     return frame if frame is not None else pd.DataFrame(columns=BAR_SCHEMA.names)
 
 
+def latest_bars(home: str | os.PathLike, symbols, n: int, *, before=None) -> "Bars":
+    """The last ``n`` archived minute bars of each symbol (before ``before``, default all), the latest
+    revision of each: what primes a paper run's indicators from the archive."""
+    import duckdb
+    import pandas as pd
+
+    from farmkit.data.bars import Bars
+
+    root = Path(home) / "archive" / "market_data"
+    out = Bars()
+    if not any(root.glob("date=*/*.parquet")) or n <= 0:
+        return out
+    cutoff = "" if before is None else f"AND timestamp < TIMESTAMPTZ '{pd.Timestamp(before).isoformat()}'"
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for symbol in symbols:
+            frame = con.execute(f"""
+                SELECT timestamp, open, high, low, close, volume FROM (
+                    SELECT *, row_number() OVER (PARTITION BY timestamp ORDER BY revision DESC, archived_at) AS rn
+                    FROM read_parquet('{root}/date=*/*.parquet', hive_partitioning = true)
+                    WHERE symbol = ? {cutoff})
+                WHERE rn = 1 ORDER BY timestamp DESC LIMIT ?""", [symbol, int(n)]).df()
+            if len(frame):
+                frame = frame.iloc[::-1].set_index("timestamp")
+                frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
+                out[symbol] = frame.astype("float64")
+    finally:
+        con.close()
+    return out
+
+
 def read_news(home: str | os.PathLike):
     """Every archived news version (one row per id and updated_at), through DuckDB."""
     import pandas as pd

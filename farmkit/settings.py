@@ -25,7 +25,7 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_SUBSCRIPTION": ("subscription", None),
     "FARM_STATE_DIR": ("state_dir", None),  # checkpoints and status of a paper run (the pod's volume)
     "FARM_WARMUP_BARS": ("warmup_bars", None),  # history bars per symbol that prime a paper run; default all
-    "FARM_WARMUP": ("warmup", "notebook"),  # where they come from: notebook | alpaca (see farmkit.warmup)
+    "FARM_WARMUP": ("warmup", "notebook"),  # where they come from: notebook | alpaca | archive (farmkit.warmup)
     "FARM_HEALTH_PORT": ("health_port", "8080"),
     # `farm paper --replay`: the paper session publishes a replayed market on its own bus.
     "FARM_REPLAY": ("replay", None),        # synthetic | path to a CSV or Parquet file of bars
@@ -73,8 +73,8 @@ class Settings:
         values["store"] = values["store"] or f"local://{home}"
         if values["progress"] not in ("auto", "on", "off"):
             raise ConfigError(f"FARM_PROGRESS must be auto, on or off, got {values['progress']!r}")
-        if values["warmup"] not in ("notebook", "alpaca"):
-            raise ConfigError(f"FARM_WARMUP must be notebook or alpaca, got {values['warmup']!r}")
+        if values["warmup"] not in ("notebook", "alpaca", "archive"):
+            raise ConfigError(f"FARM_WARMUP must be notebook, alpaca or archive, got {values['warmup']!r}")
         if values["mode"] not in ("backtest", "paper"):
             raise ConfigError(f"FARM_MODE must be backtest or paper, got {values['mode']!r}")
         if values["state_dir"]:

@@ -3,6 +3,7 @@
 - ``notebook`` (default): the bars the notebook itself loaded (its last ``FARM_WARMUP_BARS``).
 - ``alpaca``: the latest minute bars from Alpaca's historical REST API, up to now (keys as for
   ``fk.data.alpaca``; ``APCA_API_DATA_URL`` points at another server).
+- ``archive``: the latest bars in the store's market archive (what ``farm archive`` keeps).
 
     history = warmup_history("alpaca", ["AAPL", "MSFT"], 500)
 """
@@ -16,7 +17,7 @@ import pandas as pd
 from farmkit.data.bars import Bars
 from farmkit.errors import ConfigError
 
-SOURCES = ("notebook", "alpaca")
+SOURCES = ("notebook", "alpaca", "archive")
 DEFAULT_BARS = 500          # when FARM_WARMUP_BARS does not say: more than most indicators need
 
 
@@ -28,8 +29,9 @@ def last_bars(bars: Bars, n: int | None) -> Bars:
 
 
 def warmup_history(source: str, symbols, n: int | None, notebook_bars: Bars | None = None, *,
-                   now: pd.Timestamp | None = None, environ=None) -> Bars:
-    """The warm-up bars of ``symbols`` from ``source`` (see the module docstring)."""
+                   now: pd.Timestamp | None = None, environ=None, home=None) -> Bars:
+    """The warm-up bars of ``symbols`` from ``source`` (see the module docstring); ``home`` is the
+    FARM_HOME whose archive ``archive`` reads."""
     symbols = list(symbols)
     if source == "notebook":
         return last_bars(notebook_bars if notebook_bars is not None else Bars(), n)
@@ -44,4 +46,15 @@ def warmup_history(source: str, symbols, n: int | None, notebook_bars: Bars | No
         days = 7 * math.ceil(n / 390 + 1) // 5 + 4
         bars = alpaca(symbols, start=now - pd.Timedelta(days=days), end=now, environ=environ)
         return last_bars(bars, n)
+    if source == "archive":
+        from farmkit.archive import latest_bars
+        from farmkit.settings import Settings
+
+        home = home if home is not None else Settings.from_env(environ).home
+        bars = latest_bars(home, symbols, DEFAULT_BARS if n is None else n, before=now)
+        missing = [s for s in symbols if s not in bars]
+        if missing:
+            raise ConfigError(f"the market archive under {home}/archive has no bars for {', '.join(missing)}; "
+                              "run `farm archive` alongside the ingester first, or set FARM_WARMUP=notebook")
+        return bars
     raise ConfigError(f"FARM_WARMUP must be one of {', '.join(SOURCES)}, got {source!r}")

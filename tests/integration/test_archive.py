@@ -67,3 +67,24 @@ def test_a_failed_write_is_redelivered(tmp_path):
         archiver.flush()
     assert archiver.written["bars"] == 1 and archiver.metrics.value("farm_archive_write_errors_total") == 1
     bus.close()
+
+
+def test_a_paper_run_can_warm_up_from_the_archive(tmp_path):
+    from farmkit.errors import ConfigError
+    from farmkit.warmup import warmup_history
+
+    archive = LocalArchive(tmp_path)
+    archive.write_bars(bars_table(bars(50)))
+    corrected = Bar("AAPL", T + pd.Timedelta(minutes=49), 10, 13, 9, 12.5, 150, source="alpaca_stock", revision=1)
+    archive.write_bars(bars_table([corrected]))
+    history = warmup_history("archive", ["AAPL", "MSFT"], 20, home=tmp_path)
+    assert list(history["AAPL"].index) == [T + pd.Timedelta(minutes=i) for i in range(30, 50)]
+    assert history["AAPL"]["close"].iloc[-1] == 12.5 and history["MSFT"]["close"].iloc[-1] == 10  # latest revision
+    early = warmup_history("archive", ["AAPL"], 5, home=tmp_path, now=T + pd.Timedelta(minutes=10))
+    assert early["AAPL"].index[-1] == T + pd.Timedelta(minutes=9)
+    try:
+        warmup_history("archive", ["TSLA"], 5, home=tmp_path)
+    except ConfigError as exc:
+        assert "no bars for TSLA" in str(exc) and "farm archive" in str(exc)
+    else:
+        raise AssertionError("a symbol without archived bars must be an error")

@@ -61,9 +61,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
-        # FARM_INGEST_* belong to the ingester, which checks them itself (ingester.settings).
+        # FARM_INGEST_* belong to the ingester, FARM_API_* to the REST API: each checks its own
+        # (ingester.settings, farmkit.api.settings).
         unknown = sorted(k for k in environ if k.startswith("FARM_") and k not in _VARIABLES
-                         and not k.startswith("FARM_INGEST_"))
+                         and not k.startswith(("FARM_INGEST_", "FARM_API_")))
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(_VARIABLES))}")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from ingester.wire import SOURCES, Revisions, stream_bar, stream_trade
 
 log = logging.getLogger("ingester")
 EXIT_OK, EXIT_UNFLUSHED, EXIT_FATAL = 0, 1, 3
+STATE_EVERY = 5.0                         # seconds between saves of the last published bar per symbol
 _TYPES = {"b": "bar", "u": "updated_bar", "d": "daily_bar", "t": "trade"}
 
 _HELP = {
@@ -84,8 +86,16 @@ class Ingester:
         self.assigned = self._assignment()
         self._malformed_logged = 0
         self._replay_done = False
+        # The last bar of each symbol the bus acknowledged, saved now and then: a restarted ingester
+        # backfills from there, so a restart is one more gap that consumers never see.
+        self.state_path = settings.farm.home / "ingester" / f"last-bars-shard{settings.shard_index}.json"
+        self._acked: dict[str, str] = {}
+        self._acked_saved: dict[str, str] = {}
+        self._state_due = 0.0
         if settings.source == "alpaca":
             self._build_alpaca(clock, fetch_bars or {}, fetch_news, reconnect_min_seconds)
+            if settings.backfill and settings.restart_backfill_hours > 0:
+                self._resume_from_state()
 
     # -- building -------------------------------------------------------------------------------------
 
@@ -177,9 +187,19 @@ class Ingester:
 
     def _sent(self, group: list[Outgoing]) -> None:
         counts: dict[str, int] = {}
+        newest: dict[str, Outgoing] = {}
         for item in group:
             kind = item.attributes.get("type", "")
             counts[kind] = counts.get(kind, 0) + 1
+            if kind == "bar" and item.topic == self.topics["bar"]:
+                newest[item.ordering_key] = item
+        if newest:
+            stamps = {symbol: json.loads(item.data)["timestamp"] for symbol, item in newest.items()}
+            with self._lock:
+                for symbol, stamp in stamps.items():
+                    old = self._acked.get(symbol)
+                    if old is None or pd.Timestamp(stamp) > pd.Timestamp(old):
+                        self._acked[symbol] = stamp
         for kind, n in counts.items():
             self.metrics.inc("farm_ingest_messages_published_total", n, topic=group[0].topic, type=kind)
 
@@ -308,6 +328,8 @@ class Ingester:
             for thread in self._threads:
                 thread.join(10)
             spilled = self.publisher.close(self.flush_timeout)
+            if self.settings.source == "alpaca":
+                self.save_state()
             counter.remove()
             if self._own_bus:
                 self.bus.close()
@@ -319,8 +341,58 @@ class Ingester:
         log.info("ingester stopped; every message was published (%d)", self.publisher.sent)
         return EXIT_OK
 
+    def _resume_from_state(self) -> None:
+        """Seed each feed's sequencer with the last bars a previous process published: the first live bar
+        of a symbol then shows the gap, and a symbol that stays quiet is backfilled up to now."""
+        try:
+            saved = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("could not read %s (%s); starting without a restart backfill", self.state_path, exc)
+            return
+        oldest = pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=self.settings.restart_backfill_hours)
+        now, seeded = time.monotonic(), 0
+        for symbol, stamp in saved.items():
+            feed = self._feed_of(symbol)
+            timestamp = pd.Timestamp(stamp)
+            if feed is None or timestamp < oldest:
+                continue
+            self.sequencers[feed].last[symbol] = timestamp
+            self._acked[symbol] = self._acked_saved[symbol] = stamp
+            seeded += 1
+        for sequencer in self.sequencers.values():
+            sequencer.reconnected(now)
+        if seeded:
+            log.info("restart: %d symbol(s) carry on from their last published bar; missing minutes are backfilled",
+                     seeded)
+
+    def _feed_of(self, symbol: str) -> str | None:
+        for feed in ("stocks", "crypto"):
+            symbols = self.assigned.get(feed) or ()
+            if feed in self.sequencers and (symbol in symbols or ("*" in symbols and ("/" in symbol) == (feed == "crypto"))):
+                return feed
+        return None
+
+    def save_state(self) -> None:
+        with self._lock:
+            if self._acked == self._acked_saved:
+                return
+            snapshot = dict(self._acked)
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.state_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(snapshot, sort_keys=True))
+            temporary.replace(self.state_path)
+            self._acked_saved = snapshot
+        except OSError as exc:
+            log.warning("could not save %s (%s); a restart would not know where to backfill from", self.state_path, exc)
+
     def _maintain(self) -> None:
         now = time.monotonic()
+        if self.settings.source == "alpaca" and now >= self._state_due:
+            self.save_state()
+            self._state_due = now + STATE_EVERY
         for feed, sequencer in self.sequencers.items():
             with self._lock:
                 due = sequencer.due(now, self.settings.backfill_wait_seconds)

@@ -37,6 +37,9 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
     "FARM_INGEST_BACKFILL_WAIT_SECONDS": ("backfill_wait_seconds", "90",
                                           "after a reconnect, how long to wait for a symbol's next live bar "
                                           "before backfilling up to now"),
+    "FARM_INGEST_RESTART_BACKFILL_HOURS": ("restart_backfill_hours", "24",
+                                           "after a restart, backfill from each symbol's last published bar "
+                                           "if it is at most this old (0: never)"),
     "FARM_INGEST_SHARD_INDEX": ("shard_index", "", "this replica's index (default: the ordinal in HOSTNAME)"),
     "FARM_INGEST_SHARD_COUNT": ("shard_count", "1", "number of replicas"),
     "FARM_INGEST_SHARD_BY": ("shard_by", "feed",
@@ -78,6 +81,7 @@ class IngestSettings:
     watchdog_seconds: float = 120.0
     backfill: bool = True
     backfill_wait_seconds: float = 90.0
+    restart_backfill_hours: float = 24.0
     shard_index: int = 0
     shard_count: int = 1
     shard_by: str = "feed"
@@ -132,6 +136,7 @@ class IngestSettings:
             values[name] = raw[name]
         for name, kind, least in (("poll_seconds", float, 0.01), ("rest_per_minute", int, 1),
                                   ("watchdog_seconds", float, 0.1), ("backfill_wait_seconds", float, 0.0),
+                                  ("restart_backfill_hours", float, 0.0),
                                   ("shard_count", int, 1), ("speed", float, 0.0), ("days", int, 1)):
             values[name] = _number(name, raw[name], kind, least)
         if raw["backfill"].lower() not in ("on", "off"):

@@ -240,3 +240,30 @@ def test_news_polling_publishes_new_articles_and_new_versions_once(tmp_path):
             eventually(lambda: ingester.metrics.value("farm_ingest_news_polls_total") >= polls + 3, what="more polls")
         bus.close()
     assert [(n.id, n.headline) for n in consumer.records] == [(1, "AAPL beats"), (2, "MSFT"), (1, "AAPL beats, updated")]
+
+
+def test_a_restarted_ingester_backfills_what_it_missed_while_down(frames, rest, tmp_path):
+    bus = open_bus("memory://")
+    consumer = Consumer(bus)
+    with AlpacaStreamServer() as stream:
+        first = Ingester(settings(stream, rest, tmp_path), bus=bus, health_port=0, reconnect_min_seconds=0.05)
+        with Running(first):
+            stream.wait_subscribed(SYMBOLS, timeout=10)
+            for i in range(6):
+                stream.send_bars(minute(frames, i))
+            eventually(lambda: all(len(v) == 6 for v in consumer.deduped().values()) and
+                       len(consumer.deduped()) == 2, what="the first six minutes")
+        saved = json.loads(first.state_path.read_text())
+        assert {s: pd.Timestamp(t) for s, t in saved.items()} == {s: frames[s].index[5] for s in SYMBOLS}
+        # minutes 6..11 happen while no ingester runs; the new one hears minute 12 first
+        old_enough = {"restart_backfill_hours": str(24 * 365 * 10)}      # the test's bars are from 2024
+        second = Ingester(settings(stream, rest, tmp_path, **old_enough), bus=bus, health_port=0, reconnect_min_seconds=0.05)
+        with Running(second):
+            stream.wait_subscribed(SYMBOLS, timeout=10)
+            for i in range(12, MINUTES):
+                stream.send_bars(minute(frames, i))
+            eventually(lambda: consumer.deduped() == expected(frames), what="every bar, the missed ones backfilled")
+            assert second.metrics.value("farm_ingest_backfilled_bars_total") == 2 * 6
+    bus.close()
+    by_symbol = {s: [b.timestamp for b in consumer.records if b.symbol == s] for s in SYMBOLS}
+    assert all(stamps == sorted(stamps) and len(stamps) == len(set(stamps)) for stamps in by_symbol.values())

@@ -1,4 +1,8 @@
-"""Reading FMEL back: a run's records, and one bar explained for a person."""
+"""Reading FMEL back: a run's records, and one bar explained for a person.
+
+Every function works on the embedded store (DuckDB SQL) and on the BigQuery store (GoogleSQL): the
+few queries that differ between the two are written once per dialect here, chosen by the store's
+``dialect`` (the embedded store has none and speaks DuckDB)."""
 
 from __future__ import annotations
 
@@ -47,9 +51,7 @@ def record(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -
     if bar is not None:
         frame = store.sql(f"SELECT * FROM fmel WHERE bar_number = {int(bar)}", run_id=run_id)
     else:
-        ts = pd.Timestamp(timestamp)
-        ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-        frame = store.sql(f"SELECT * FROM fmel WHERE timestamp <= TIMESTAMPTZ '{ts.isoformat()}' "
+        frame = store.sql(f"SELECT * FROM fmel WHERE timestamp <= {_timestamp(store, timestamp)} "
                           "ORDER BY timestamp DESC LIMIT 1", run_id=run_id)
     if frame.empty:
         count = store.sql("SELECT count(*) AS n FROM fmel", run_id=run_id)["n"].iloc[0]
@@ -109,13 +111,53 @@ def _fmt(value) -> str:
     return "null" if value is None else str(value)
 
 
-def _quote(value) -> str:
+def _bigquery(store) -> bool:
+    return getattr(store, "dialect", "duckdb") == "bigquery"
+
+
+def _quote(value, store=None) -> str:
+    if _bigquery(store):
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
     return "'" + str(value).replace("'", "''") + "'"
 
 
 def _utc(value) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+
+
+def _timestamp(store, value) -> str:
+    """A UTC timestamp literal in the store's SQL."""
+    if _bigquery(store):
+        return f"TIMESTAMP '{_utc(value).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+    return f"TIMESTAMPTZ {_quote(_utc(value).isoformat())}"
+
+
+_DECISIONS_SQL = {
+    # one row per decision: (where on the records, where on the decision d, field of d, number field of d)
+    "duckdb": (
+        """WITH decided AS (SELECT run_id, agent_id, bar_number, timestamp,
+                                   unnest(from_json(decisions, '["json"]')) AS d
+                            FROM fmel WHERE {where})
+           SELECT run_id, agent_id, bar_number, timestamp, d->>'action' AS action, d->>'symbol' AS symbol,
+                  TRY_CAST(d->>'size' AS DOUBLE) AS size, d->>'reason' AS reason,
+                  TRY_CAST(d->>'confidence' AS DOUBLE) AS confidence, d->'signals' AS signals
+           FROM decided {outer}
+           ORDER BY run_id, bar_number""",
+        "d->>'{}'"),
+    "bigquery": (
+        """WITH decided AS (SELECT run_id, agent_id, bar_number, timestamp, d, i AS position
+                            FROM fmel, UNNEST(JSON_QUERY_ARRAY(decisions)) AS d WITH OFFSET AS i
+                            WHERE {where})
+           SELECT run_id, agent_id, bar_number, timestamp, JSON_VALUE(d, '$.action') AS action,
+                  JSON_VALUE(d, '$.symbol') AS symbol, SAFE_CAST(JSON_VALUE(d, '$.size') AS FLOAT64) AS size,
+                  JSON_VALUE(d, '$.reason') AS reason,
+                  SAFE_CAST(JSON_VALUE(d, '$.confidence') AS FLOAT64) AS confidence,
+                  TO_JSON_STRING(JSON_QUERY(d, '$.signals')) AS signals, position AS _position
+           FROM decided {outer}
+           ORDER BY run_id, bar_number, position""",
+        "JSON_VALUE(d, '$.{}')"),
+}
 
 
 def decisions(run_id: str | None = None, *, agent_id: str | None = None, start=None, end=None,
@@ -128,30 +170,24 @@ def decisions(run_id: str | None = None, *, agent_id: str | None = None, start=N
     """
     if run_id is None and agent_id is None:
         raise ValueError("decisions needs run_id or agent_id= (fk.runs() lists them)")
-    where = [f"run_id = {_quote(run_id)}"] if run_id else []
+    store = default_store(store)
+    template, field = _DECISIONS_SQL["bigquery" if _bigquery(store) else "duckdb"]
+    where = [f"run_id = {_quote(run_id, store)}"] if run_id else []
     if agent_id:
-        where.append(f"agent_id = {_quote(agent_id)}")
+        where.append(f"agent_id = {_quote(agent_id, store)}")
     if start is not None:
-        where.append(f"timestamp >= TIMESTAMPTZ {_quote(_utc(start).isoformat())}")
+        where.append(f"timestamp >= {_timestamp(store, start)}")
     if end is not None:
-        where.append(f"timestamp <= TIMESTAMPTZ {_quote(_utc(end).isoformat())}")
+        where.append(f"timestamp <= {_timestamp(store, end)}")
     outer = []
     if symbol:
-        outer.append(f"d->>'symbol' = {_quote(symbol)}")
+        outer.append(f"{field.format('symbol')} = {_quote(symbol, store)}")
     if action:
-        outer.append(f"d->>'action' = {_quote(action)}")
+        outer.append(f"{field.format('action')} = {_quote(action, store)}")
     elif not include_holds:
-        outer.append("d->>'action' <> 'hold'")
-    query = f"""
-        WITH d AS (SELECT run_id, agent_id, bar_number, timestamp,
-                          unnest(from_json(decisions, '["json"]')) AS d
-                   FROM fmel WHERE {' AND '.join(where)})
-        SELECT run_id, agent_id, bar_number, timestamp, d->>'action' AS action, d->>'symbol' AS symbol,
-               TRY_CAST(d->>'size' AS DOUBLE) AS size, d->>'reason' AS reason,
-               TRY_CAST(d->>'confidence' AS DOUBLE) AS confidence, d->'signals' AS signals
-        FROM d {('WHERE ' + ' AND '.join(outer)) if outer else ''}
-        ORDER BY run_id, bar_number"""
-    frame = default_store(store).sql(query, run_id=run_id)
+        outer.append(f"{field.format('action')} <> 'hold'")
+    query = template.format(where=" AND ".join(where), outer=("WHERE " + " AND ".join(outer)) if outer else "")
+    frame = store.sql(query, run_id=run_id).drop(columns="_position", errors="ignore")
     frame["signals"] = frame["signals"].map(lambda v: json.loads(v) if isinstance(v, str) else None)
     return frame
 

@@ -21,5 +21,5 @@ def test_settings_reject_unknown_farm_variables():
 def test_unknown_store_scheme_lists_the_known_ones():
     import pytest
     from farmkit.fmel.stores import open_store
-    with pytest.raises(fk.FarmError, match="known schemes: local://"):
+    with pytest.raises(fk.FarmError, match="known schemes: bigquery://, local://"):
         open_store("mongo://x")

@@ -34,6 +34,23 @@ def publisher(bus, messages, started):
     return run
 
 
+def test_live_feed_stamps_match_backtrader_bit_for_bit():
+    import backtrader as bt
+    import numpy as np
+    import pandas as pd
+
+    from farmkit.feeds import date2num, date2num_ns
+
+    rng = np.random.default_rng(7)
+    ns = np.concatenate([rng.integers(-2 * 10**18, 4 * 10**18, 5000),
+                         rng.integers(1_600_000_000, 1_800_000_000, 5000) * 10**9,
+                         rng.integers(1_600_000_000_000_000, 1_800_000_000_000_000, 5000) * 1000])
+    index = pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
+    assert np.array_equal(np.array([date2num_ns(int(n)) for n in ns]), date2num(index))
+    for t in index[:200]:
+        assert date2num_ns(t.value) == bt.date2num(t.to_pydatetime())
+
+
 def test_paper_on_memory_bus_decides_like_the_backtest(farm_home):
     data = fk.data.synthetic("AAPL", days=1, seed=5)
     history, live = data["AAPL"].iloc[:60], data["AAPL"].iloc[60:]

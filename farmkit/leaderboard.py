@@ -378,3 +378,63 @@ def _float(value) -> float:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class LiveUpdates:
+    """Puts a running paper run on the ``paper`` board every ``every`` seconds, with its metrics so far
+    (total return, Sharpe, max drawdown of the equity the recorder has seen), from a thread of its own.
+    ``run`` is the run-registry row; the final figures replace these when the run ends.
+
+        updates = LiveUpdates(settings, run, recorder, every=60).start()
+        ...
+        updates.stop()
+    """
+
+    def __init__(self, target, run: dict, recorder, *, every: float = 60.0):
+        import threading
+
+        self.target, self.run, self.recorder, self.every = target, dict(run), recorder, float(every)
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="farm-leaderboard", daemon=True)
+
+    def start(self) -> "LiveUpdates":
+        if not (isinstance(self.target, Settings) and self.target.redis == "off"):
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def metrics(self) -> dict:
+        """The run's figures from the bars recorded so far (copies taken under the GIL: the strategy
+        thread goes on appending)."""
+        import numpy as np
+
+        from farmkit import metrics as _metrics
+        from farmkit.fmel.recorder import num2ns
+
+        values = np.array(self.recorder.value[:], dtype="f8")
+        stamps = np.array(self.recorder.timestamps[: len(values)], dtype="f8")
+        n = min(len(values), len(stamps))
+        if n < 2:
+            return {}
+        index = pd.DatetimeIndex(num2ns(stamps[:n]).view("datetime64[ns]"), tz="UTC")
+        equity = pd.Series(values[:n], index=index).dropna()
+        equity = equity[~equity.index.duplicated(keep="last")]
+        if len(equity) < 2:
+            return {}
+        return {"total_return": _metrics.total_return(equity), "sharpe": _metrics.sharpe(equity),
+                "max_drawdown": _metrics.max_drawdown(equity), "bars": int(n)}
+
+    def publish_now(self) -> bool:
+        row = {**self.run, "status": "running", "metrics": self.metrics()}
+        ok = publish(self.target, row)
+        self.published += ok
+        return ok
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.publish_now()

@@ -276,6 +276,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
 
     session.resubscribe = resubscribe
     session.state = "running"
+    # The paper board shows the run while it runs; its final figures replace these at the end.
+    updates = leaderboard.LiveUpdates(settings, store.runs.get(run_id) or {"run_id": run_id, "agent_id": agent_id,
+                                      "mode": "paper"}, recorder, every=settings.leaderboard_every).start()
     if replay_bars is not None:
         from farmkit.replay import Replay
         session.replay = Replay(replay_bars, bus, topic=topic, speed=replay_speed or settings.replay_speed,
@@ -290,6 +293,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     def shut_down():
         session.state = "stopping"
         session.stop()
+        updates.stop()
         if session.replay is not None:
             session.replay.stop()
         session.handle.close()

@@ -27,6 +27,7 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_WARMUP_BARS": ("warmup_bars", None),  # history bars per symbol that prime a paper run; default all
     "FARM_WARMUP": ("warmup", "notebook"),  # where they come from: notebook | alpaca | archive (farmkit.warmup)
     "FARM_HEALTH_PORT": ("health_port", "8080"),
+    "FARM_LEADERBOARD_EVERY": ("leaderboard_every", "60"),  # seconds between a paper run's board updates
     # `farm paper --replay`: the paper session publishes a replayed market on its own bus.
     "FARM_REPLAY": ("replay", None),        # synthetic | path to a CSV or Parquet file of bars
     "FARM_REPLAY_SPEED": ("replay_speed", "60"),  # multiple of real time (60: a minute bar per second)
@@ -55,6 +56,7 @@ class Settings:
     warmup_bars: int | None = None
     health_port: int = 8080
     warmup: str = "notebook"
+    leaderboard_every: float = 60.0
     replay: str | None = None
     replay_speed: float = 60.0
 
@@ -89,6 +91,13 @@ class Settings:
                     raise ValueError
             except ValueError:
                 raise ConfigError(f"{var} must be a whole number >= {least}, got {values[name]!r}") from None
+        try:
+            values["leaderboard_every"] = float(values["leaderboard_every"])
+            if not values["leaderboard_every"] > 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError("FARM_LEADERBOARD_EVERY must be a number of seconds > 0, "
+                              f"got {values['leaderboard_every']!r}") from None
         try:
             values["replay_speed"] = float(values["replay_speed"])
             if not values["replay_speed"] > 0:

@@ -302,3 +302,37 @@ def test_every_finished_backtest_lands_on_the_board(settings, monkeypatch, capsy
     from farmkit import cli
     assert cli.main(["leaderboard", "-n", "50"]) == 0
     assert "auto-published" in capsys.readouterr().out
+
+
+def test_a_paper_run_is_on_the_paper_board_while_it_runs(settings):
+    from farmkit.bus import open_bus, publish_record
+    from farmkit.paper import paper
+    from tests.integration.test_paper import bars_of
+
+    data = fk.data.synthetic("AAPL", days=1, seed=12)["AAPL"]
+    history, live = fk.Bars(AAPL=data.iloc[:60]), bars_of(data.iloc[60:200], "AAPL")
+    bus = open_bus("memory://")
+    seen_running = []
+
+    def feed_slowly(session):
+        def go():
+            for i, bar in enumerate(live):
+                publish_record(bus, "market-data", bar)
+                if i == 70:    # halfway: wait until the board shows the run as it is now
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline and not seen_running:
+                        row = leaderboard.top("total_return", board="paper", settings=settings)
+                        if len(row) and row.iloc[0].run_id == session.run_id:
+                            seen_running.append(leaderboard.connect(settings).hgetall(f"farm:run:{session.run_id}"))
+                        time.sleep(0.05)
+        threading.Thread(target=go, daemon=True).start()
+
+    res = paper(TrackedCross, ["AAPL"], bus=bus, history=history, settings=settings.replace(leaderboard_every=0.1),
+                on_start=feed_slowly, max_bars=200, duration=60)
+    bus.close()
+    assert seen_running, "the run reached the paper board before it ended"
+    running = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+               for k, v in seen_running[0].items()}
+    assert running["status"] == "running" and json.loads(running["metrics"])["bars"] < 200
+    final = leaderboard.top("total_return", board="paper", settings=settings).iloc[0]
+    assert final.run_id == res.run_id and final.score == pytest.approx(res.metrics["total_return"])

@@ -14,6 +14,7 @@ def test_replay_and_warm_up_defaults():
 @pytest.mark.parametrize("variable, value, message", [
     ("FARM_REPLAY_SPEED", "0", "FARM_REPLAY_SPEED must be a number > 0"),
     ("FARM_REPLAY_SPEED", "fast", "FARM_REPLAY_SPEED must be a number > 0"),
+    ("FARM_LEADERBOARD_EVERY", "-1", "FARM_LEADERBOARD_EVERY must be a number of seconds > 0"),
     ("FARM_WARMUP", "yesterday", "FARM_WARMUP must be notebook, alpaca or archive"),
 ])
 def test_bad_values_say_what_is_expected(variable, value, message):

@@ -1,0 +1,303 @@
+"""The FastAPI application: wiring, errors, health, metrics, body limits, auth and rate limits.
+
+    app = create_app(Settings.from_env(), ApiSettings.from_env())
+    # uvicorn.run(app) -- or `farm serve`
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import farmkit
+from farmkit.api.auth import AuthError, FirebaseAuth, KeyFetchError, LocalTokenAuth, SigningKeys, User, bearer
+from farmkit.api.models import ErrorBody, Health
+from farmkit.api.ratelimit import TokenBucket
+from farmkit.api.settings import ApiSettings
+from farmkit.settings import Settings
+
+log = logging.getLogger("farmkit.api")
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a short code, a message a person can act on."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
+    (400, "bad request"), (401, "no valid credentials"), (403, "not yours"), (404, "not found"),
+    (409, "conflict with the current state"), (413, "request body too large"),
+    (422, "invalid input"), (429, "rate limit reached (see Retry-After)"), (503, "a backend is unavailable"))}
+
+
+@dataclass
+class Context:
+    """What the routes use; built once by :func:`create_app`."""
+
+    settings: Settings
+    api: ApiSettings
+    store: object
+    agents: object
+    orchestrator: object
+    auth: object
+    redis: object | None
+    limiter: TokenBucket | None
+    broker: object
+    metrics: dict = field(default_factory=dict)
+
+
+def context(request: Request) -> Context:
+    return request.app.state.farm
+
+
+def current_user(request: Request) -> User:
+    """Authenticate the caller, then take a token from their rate-limit bucket."""
+    ctx: Context = request.app.state.farm
+    try:
+        user = ctx.auth.authenticate(bearer(request.headers.get("authorization")))
+    except AuthError as exc:
+        raise ApiError(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"}) from None
+    except KeyFetchError as exc:
+        raise ApiError(503, "auth_unavailable", f"{exc}; try again shortly") from None
+    if ctx.limiter is not None:
+        try:
+            verdict = ctx.limiter.check(user.uid)
+        except Exception as exc:    # noqa: BLE001 - a Redis outage must not take the API down: fail open, counted
+            ctx.metrics["ratelimit_errors"].inc()
+            log.warning("rate limit not checked (Redis: %s: %s); request allowed", type(exc).__name__, exc)
+        else:
+            if not verdict.allowed:
+                raise ApiError(429, "rate_limited",
+                               f"too many requests: at most {ctx.limiter.rate:g} per second "
+                               f"(bursts of {ctx.limiter.burst:g}); retry after {verdict.retry_after:.2f} s",
+                               {"Retry-After": TokenBucket.retry_after_header(verdict)})
+    return user
+
+
+# --- ASGI middleware (plain ASGI: no per-request task or buffering beyond what each needs) -------------
+
+class CatchAll:
+    """An unexpected exception becomes a JSON 500 with a request id; the traceback goes to the log."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("unhandled error (incident %s) in %s %s", incident, scope.get("method"), scope.get("path"))
+            if not started:
+                await error_response(500, "internal_error", f"the server failed on this request (incident "
+                                     f"{incident}); its log has the details. Report it with the incident id"
+                                     )(scope, receive, send)
+
+
+class BodyLimit:
+    """Reject request bodies over ``limit`` bytes with 413, whether or not they say their length."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        too_big = error_response(413, "body_too_large", f"the request body is larger than {self.limit} bytes "
+                                 "(FARM_API_MAX_BODY); send a smaller notebook (clear its outputs)")
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                if int(length) > self.limit:
+                    return await too_big(scope, receive, send)
+            except ValueError:
+                return await error_response(400, "bad_request", "Content-Length is not a number")(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_big(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        body, done = b"".join(chunks), False
+
+        async def replay():
+            nonlocal done
+            if done:
+                return await receive()
+            done = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+class Metrics:
+    """Requests, latency and errors by route template (not by raw path: ids would explode the series)."""
+
+    def __init__(self, app, requests: Counter, latency: Histogram, errors: Counter):
+        self.app, self.requests, self.latency, self.errors = app, requests, latency, errors
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        began, status = time.perf_counter(), 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.requests.labels(path, method, str(status)).inc()
+            self.latency.labels(path, method).observe(time.perf_counter() - began)
+            if status >= 400:
+                self.errors.labels(path, method, str(status)).inc()
+
+
+# --- the app ---------------------------------------------------------------------------------------
+
+def _auth(api: ApiSettings):
+    if api.auth == "firebase":
+        return FirebaseAuth(api.project, SigningKeys(api.certs_url))
+    return LocalTokenAuth(api.token)
+
+
+def _redis(settings: Settings):
+    if settings.redis == "off":
+        return None
+    from farmkit import leaderboard
+    return leaderboard.connect(settings)
+
+
+def create_app(settings: Settings | None = None, api: ApiSettings | None = None, *, store=None, agents=None,
+               orchestrator=None, auth=None, redis=None, broker=None) -> FastAPI:
+    """The REST API over these settings. Every part can be passed in (tests do); by default each is
+    built from the settings: the FMEL store (FARM_STORE), agents (FARM_API_AGENTS), the orchestrator
+    (FARM_API_ORCHESTRATOR), auth (FARM_API_AUTH), Redis (FARM_REDIS) and the broker (FARM_BROKER).
+
+    >>> app = create_app(Settings.from_env(), ApiSettings(token="s3cret"))
+    """
+    from farmkit.agents_store import open_agent_store
+    from farmkit.api.broker import BrokerView
+    from farmkit.api.routes import router
+    from farmkit.fmel.stores import open_store
+    from farmkit.orchestrators import open_orchestrator
+
+    settings = settings or Settings.from_env()
+    api = api or ApiSettings.from_env()
+    store = store if store is not None else open_store(settings.store)
+    agents = agents if agents is not None else open_agent_store(api.agents)
+    orchestrator = orchestrator if orchestrator is not None else open_orchestrator(api.orchestrator, settings, agents)
+    redis = redis if redis is not None else _redis(settings)
+    registry = CollectorRegistry()
+    metrics = {
+        "requests": Counter("farm_api_requests", "HTTP requests by route, method and status",
+                            ["route", "method", "status"], registry=registry),
+        "latency": Histogram("farm_api_request_seconds", "Request latency by route and method", ["route", "method"],
+                             registry=registry, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10)),
+        "errors": Counter("farm_api_errors", "Responses with status >= 400 by route, method and status",
+                          ["route", "method", "status"], registry=registry),
+        "ratelimit_errors": Counter("farm_api_ratelimit_errors", "Requests let through because Redis could "
+                                    "not be asked", registry=registry),
+    }
+    ctx = Context(settings=settings, api=api, store=store, agents=agents, orchestrator=orchestrator,
+                  auth=auth or _auth(api), redis=redis,
+                  limiter=TokenBucket(redis, api.rate, api.burst) if redis is not None else None,
+                  broker=broker or BrokerView(settings.broker), metrics=metrics)
+
+    app = FastAPI(title="The Farm API", version=farmkit.__version__,
+                  description="Agents, paper trading, brokers, leaderboards and FMEL of The Farm. Send "
+                  "`Authorization: Bearer TOKEN`: a Firebase ID token in the cloud, the token `farm serve` "
+                  "printed on a laptop. Lists are paginated with `limit` and `offset`.")
+    app.state.farm = ctx
+    app.state.registry = registry
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
+        return error_response(422, "invalid_request", f"the request is not valid: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        hint = {404: f"no such endpoint {request.url.path}; /docs lists them",
+                405: f"{request.method} is not allowed on {request.url.path}; /docs lists what is"}
+        return error_response(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
+                              hint.get(exc.status_code, str(exc.detail)), getattr(exc, "headers", None))
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok", "checks": {}}
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    def readyz():
+        """Readiness: the FMEL store and Redis answer."""
+        checks, ok = {}, True
+        try:
+            ctx.store.runs.get("readyz-probe")
+            checks["store"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["store"], ok = f"{type(exc).__name__}: {exc}"[:300], False
+        if ctx.redis is None:
+            checks["redis"] = "off (FARM_REDIS=off: no leaderboards, no rate limits)"
+        else:
+            try:
+                ctx.redis.ping()
+                checks["redis"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                checks["redis"], ok = f"{type(exc).__name__}: {exc}"[:300], False
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def prometheus_metrics():
+        """Prometheus metrics: requests, latency and errors by route."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(router, prefix="/api", dependencies=[Depends(current_user)], responses=ERRORS)
+    app.add_middleware(CatchAll)
+    app.add_middleware(BodyLimit, limit=api.max_body)
+    app.add_middleware(Metrics, requests=metrics["requests"], latency=metrics["latency"], errors=metrics["errors"])
+    return app

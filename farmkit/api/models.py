@@ -1,0 +1,186 @@
+"""The API's JSON shapes (they are what /openapi.json publishes)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+AGENT_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ErrorBody(BaseModel):
+    """Every error: a short code a program can test and a message a person can act on."""
+
+    error: str
+    message: str
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last page")
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+class Agent(BaseModel):
+    name: str
+    owner: str | None
+    strategy: str | None
+    symbols: list[str]
+    bar_size: str | None
+    warmup_bars: int | None
+    parameters: list[dict[str, Any]]
+    updated_at: float | None
+    manifest: dict[str, Any]
+
+
+class AgentCreate(BaseModel):
+    """A notebook to promote to an agent, as ``farm promote NOTEBOOK --name NAME`` does."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=AGENT_NAME, max_length=63, description="the agent's name (a Kubernetes name)")
+    notebook: dict[str, Any] = Field(description="the .ipynb file's JSON, with a cell tagged 'parameters'")
+    force: bool = Field(False, description="replace an agent of yours with the same name")
+
+
+class PaperStatus(BaseModel):
+    agent: str
+    state: str = Field(description="not_started, starting, running, stopping, stopped or failed")
+    owner: str | None
+    pid: int | None
+    started_at: float | None
+    exit_code: int | None
+    run_id: str | None
+    paper: dict[str, Any] = Field(description="the paper session's own status (bars, orders, FMEL backlog)")
+
+
+class Logs(BaseModel):
+    agent: str
+    lines: list[str]
+
+
+class Account(BaseModel):
+    agent: str
+    broker: str
+    run_id: str | None
+    cash: float | None
+    equity: float | None
+    buying_power: float | None = None
+    start_value: float | None = None
+    currency: str | None = None
+    updated_at: float | None = None
+
+
+class Position(BaseModel):
+    symbol: str
+    qty: float
+    avg_price: float | None
+    market_value: float | None = None
+    unrealized_pl: float | None = None
+
+
+class Order(BaseModel):
+    id: str | None
+    client_order_id: str | None
+    symbol: str
+    side: str
+    type: str | None
+    qty: float | None
+    filled_qty: float | None = None
+    filled_avg_price: float | None = None
+    limit_price: float | None = None
+    status: str
+    submitted_at: str | None = None
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    agent: str
+    score: float
+    run_id: str | None
+    strategy: str | None
+    mode: str | None
+    sharpe: float | None
+    dsr: float | None
+    total_return: float | None
+    max_drawdown: float | None
+    finished_at: str | None
+    params: dict[str, Any]
+
+
+class Rank(BaseModel):
+    agent: str
+    board: str
+    metric: str
+    rank: int | None = Field(description="1-based place; null when the agent has no ranked run on this board")
+
+
+class Boards(BaseModel):
+    boards: list[str]
+    metrics: list[str]
+
+
+class Run(BaseModel):
+    run_id: str
+    agent_id: str | None
+    strategy: str | None
+    mode: str | None
+    status: str | None
+    started_at: str | None
+    finished_at: str | None
+    bars: int | None
+    params: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    error: str | None
+
+
+class DecisionRow(BaseModel):
+    run_id: str
+    agent_id: str | None
+    bar_number: int
+    timestamp: str | None
+    action: str | None
+    symbol: str | None
+    size: float | None
+    reason: str | None
+    confidence: float | None
+    signals: dict[str, Any] | None
+
+
+class ExplainRow(BaseModel):
+    section: str
+    field: str
+    value: str
+
+
+class Explanation(BaseModel):
+    run_id: str
+    bar_number: int
+    timestamp: str | None
+    rows: list[ExplainRow]
+
+
+class Difference(BaseModel):
+    timestamp: str | None
+    bar_a: int | None
+    bar_b: int | None
+    decisions_a: Any
+    decisions_b: Any
+
+
+class Comparison(BaseModel):
+    run_a: str
+    run_b: str
+    bars: int
+    identical: bool
+    summary: str
+    differences: list[Difference] = Field(description="the first bars where the runs differ (at most `limit`)")
+    total_differences: int

@@ -296,7 +296,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
         """Prometheus metrics: requests, latency and errors by route."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(router, prefix="/api", dependencies=[Depends(current_user)], responses=ERRORS)
+    app.include_router(router, dependencies=[Depends(current_user)], responses=ERRORS)
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, limit=api.max_body)
     app.add_middleware(Metrics, requests=metrics["requests"], latency=metrics["latency"], errors=metrics["errors"])

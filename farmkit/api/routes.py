@@ -24,7 +24,7 @@ from farmkit.errors import FarmError
 from farmkit.fmel import query
 from farmkit.orchestrators import OrchestratorError
 
-router = APIRouter()
+router = APIRouter(prefix="/api")
 Ctx = Annotated[Context, Depends(context)]
 Me = Annotated[User, Depends(current_user)]
 Name = Annotated[str, PathParam(pattern=AGENT_NAME, max_length=63, description="the agent's name")]

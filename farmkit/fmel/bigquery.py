@@ -313,8 +313,10 @@ class BigQueryStore:
         return table.to_pandas()
 
     def sql(self, query: str, run_id: str | None = None) -> pd.DataFrame:
-        """BigQuery SQL over ``fmel`` (one row per record) and ``runs``, as in the embedded store."""
-        views = (f"fmel AS ({self.fmel_view(run_id)}), "
+        """BigQuery SQL over ``fmel`` (one row per record), ``fmel_raw`` (every row as inserted) and
+        ``runs``, as in the embedded store."""
+        raw = f"SELECT * FROM `{self.table('fmel')}`" + (f" WHERE run_id = {_quote(run_id)}" if run_id else "")
+        views = (f"fmel AS ({self.fmel_view(run_id)}), fmel_raw AS ({raw}), "
                  f"runs AS (SELECT * FROM `{self.table('runs')}`)")
         head = re.match(r"\s*WITH\s+(RECURSIVE\s+)?", query, re.IGNORECASE)
         text = (f"WITH {head.group(1) or ''}{views}, {query[head.end():]}" if head

@@ -2,7 +2,8 @@
 
 Every function works on the embedded store (DuckDB SQL) and on the BigQuery store (GoogleSQL): the
 few queries that differ between the two are written once per dialect here, chosen by the store's
-``dialect`` (the embedded store has none and speaks DuckDB)."""
+``dialect`` (the embedded store has none and speaks DuckDB). Both stores' ``sql()`` offer the views
+``fmel`` (one row per record_id), ``fmel_raw`` (as written, retried duplicates included) and ``runs``."""
 
 from __future__ import annotations
 
@@ -48,11 +49,11 @@ def record(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -
     store = default_store(store)
     if bar is None and timestamp is None:
         raise ValueError("explain needs bar= (bar number) or timestamp=")
-    if bar is not None:
-        frame = store.sql(f"SELECT * FROM fmel WHERE bar_number = {int(bar)}", run_id=run_id)
-    else:
-        frame = store.sql(f"SELECT * FROM fmel WHERE timestamp <= {_timestamp(store, timestamp)} "
+    if bar is None:
+        found = store.sql(f"SELECT bar_number FROM fmel_raw WHERE timestamp <= {_timestamp(store, timestamp)} "
                           "ORDER BY timestamp DESC LIMIT 1", run_id=run_id)
+        bar = None if found.empty else int(found.bar_number.iloc[0])
+    frame = _bar(store, run_id, bar) if bar is not None else pd.DataFrame()
     if frame.empty:
         count = store.sql("SELECT count(*) AS n FROM fmel", run_id=run_id)["n"].iloc[0]
         what = f"bar {bar}" if bar is not None else f"a bar at or before {timestamp}"
@@ -62,6 +63,13 @@ def record(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -
     for key in ("market_state", "strategy_state", "decisions", "actions", "performance"):
         row[key] = json.loads(row[key]) if isinstance(row[key], str) else row[key]
     return row
+
+
+def _bar(store, run_id: str, bar: int) -> pd.DataFrame:
+    # Filter, then keep one row per record_id: a record_id fixes its bar, so this equals filtering the
+    # deduplicated ``fmel`` and reads one bar instead of numbering every record of the run.
+    return store.sql(f"SELECT * FROM fmel_raw WHERE bar_number = {int(bar)} "
+                     "QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY recorded_at DESC) = 1", run_id=run_id)
 
 
 def explain(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -> pd.DataFrame:

@@ -227,10 +227,13 @@ class BigQueryStore:
                 errors = self.client.insert_rows_json(
                     self.table("fmel"), todo, row_ids=[r["record_id"] for r in todo],
                     skip_invalid_rows=True, retry=None, timeout=self.timeout)   # our own retry, not 600 s
-            except Exception as exc:  # noqa: BLE001 - sorted by _transient below
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the rows for later
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if not _transient(exc):
-                    raise
+                    # Credentials, permissions, a malformed request: retrying now cannot help; the rows
+                    # are spilled and reported, and written once the cause is fixed.
+                    log.error("BigQuery refused an FMEL insert: %s", self.last_error)
+                    break
                 if _is_missing(exc):
                     self._ensure_quietly()
                 continue
@@ -281,15 +284,18 @@ class BigQueryStore:
         records written."""
         done = 0
         for path in self._spilled():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+            try:
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+            except FileNotFoundError:      # another process sharing this folder replayed it
+                continue
             try:
                 done += self.write_rows(rows, spill=False)
             except FmelSinkError as exc:
                 if len(exc.rows) < len(rows):
                     self._spill(exc.rows, self.spill_dir)
-                    path.unlink()
-                return done
-            path.unlink()
+                    path.unlink(missing_ok=True)
+                break
+            path.unlink(missing_ok=True)
         self.stats["replayed"] += done
         return done
 

@@ -232,3 +232,23 @@ def test_unknown_url_options_and_bad_datasets_are_named(bigquery_emulator):
         open_store("bigquery://only-a-project")
     with pytest.raises(ConfigError, match="underscores"):
         open_store(f"bigquery://{PROJECT}/bad-name?endpoint={bigquery_emulator.endpoint}")
+
+
+class Refusing(LostReply):
+    """A client whose inserts are refused (as with missing permissions), then allowed."""
+
+    def insert_rows_json(self, *args, **kwargs):
+        from google.api_core.exceptions import Forbidden
+        if self.failures:
+            raise Forbidden("caller lacks bigquery.tables.updateData")
+        return self.client.insert_rows_json(*args, **kwargs)
+
+
+def test_a_refused_insert_is_spilled_at_once_and_written_once_allowed(store):
+    refusing = store.client = Refusing(store.client)
+    assert store.write_fmel(fmel_table("refused", 40)) == 0
+    assert store.stats["retries"] == 0 and store.pending()["records"] == 40
+    assert "Forbidden" in store.pending()["last_error"]
+    refusing.failures = 0
+    assert store.close()["records"] == 0
+    assert list(store.fmel("refused").bar_number) == list(range(40))

@@ -231,23 +231,9 @@ def _promote(args) -> int:
     return 0
 
 
-def _load_class(spec: str) -> type:
-    import importlib
-    import runpy
-    from farmkit.errors import ParameterError
-    where, _, name = spec.rpartition(":")
-    if not where or not name:
-        raise ParameterError(f"--strategy expects FILE.py:CLASS or module:CLASS, got {spec!r}")
-    namespace = runpy.run_path(where) if where.endswith(".py") else vars(importlib.import_module(where))
-    if name not in namespace:
-        raise ParameterError(f"{where} defines no {name}; it defines: "
-                             + ", ".join(k for k, v in namespace.items() if isinstance(v, type)))
-    return namespace[name]
-
-
 def _parity(args) -> int:
-    from farmkit.parity import parity
-    report = parity(args.run_id, _load_class(args.strategy))
+    from farmkit.parity import load_strategy, parity
+    report = parity(args.run_id, load_strategy(args.strategy))
     print(report)
     if not report.identical:
         with pd.option_context("display.width", 160, "display.max_colwidth", 60):

@@ -40,6 +40,26 @@ def consumed_bars(records: pd.DataFrame) -> Bars:
     return bars
 
 
+def load_strategy(spec: str) -> type:
+    """The strategy class ``spec`` names: ``path/to/file.py:ClassName`` or ``package.module:ClassName``.
+
+    >>> fk.parity(run_id, load_strategy("strategies.py:SmaCross"))
+    """
+    import importlib
+    import runpy
+
+    from farmkit.errors import ParameterError
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ParameterError(f"a strategy is named as FILE.py:CLASS or module:CLASS, got {spec!r}")
+    namespace = runpy.run_path(where) if where.endswith(".py") else vars(importlib.import_module(where))
+    if name not in namespace:
+        raise ParameterError(f"{where} defines no {name}; it defines: "
+                             + ", ".join(k for k, v in namespace.items() if isinstance(v, type)))
+    return namespace[name]
+
+
 def parity(paper_run_id: str, strategy: type, *, store=None, cash: float | None = None,
            commission: float = 0.0, **params) -> Parity:
     """Replay a paper run's bars through ``fk.backtest(strategy)`` and compare the decisions.

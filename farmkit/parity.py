@@ -10,6 +10,7 @@ import pandas as pd
 
 from farmkit.data.bars import Bars
 from farmkit.fmel.query import Comparison, compare, default_store
+from farmkit.settings import Settings
 
 
 class Parity(Comparison):
@@ -79,7 +80,11 @@ def parity(paper_run_id: str, strategy: type, *, store=None, cash: float | None 
     if cash is None:
         first = json.loads(records.performance.iloc[0])
         cash = first["equity"] - first["pnl"]
+    # The replay is a check, not research: it stays off the leaderboard and out of the strategy's
+    # family of trials (segment "parity"), so it cannot deflate anyone's Sharpe ratio.
+    quiet = Settings.from_env().replace(redis="off", progress="off")
     replay = backtest(strategy, consumed_bars(records), cash=cash, commission=commission, store=store,
-                      agent_id=f"{run.get('agent_id') or strategy.__name__}/parity", **params)
+                      settings=quiet, agent_id=f"{run.get('agent_id') or strategy.__name__}/parity", **params)
+    store.runs.upsert(replay.run_id, segment="parity")
     found = compare(paper_run_id, replay.run_id, store=store)
     return Parity(found.run_a, found.run_b, found.bars, found.differences, found.side_by_side)

@@ -148,6 +148,7 @@ def test_parity_replays_the_paper_run(farm_home):
                 on_start=publisher(bus, bars_of(frame, "AAPL"), threading.Event()))
     same = parity(res.run_id, TrackedCross)
     assert same.identical and same.bars == 150, str(same)
+    assert fk.runs().set_index("run_id").loc[same.run_b, "segment"] == "parity"
     bus = open_bus("memory://")
     odd = paper(WallClockTrader, ["AAPL"], bus=bus, max_bars=60, duration=60, live=True,
                 on_start=publisher(bus, bars_of(frame.iloc[:60], "AAPL"), threading.Event()))

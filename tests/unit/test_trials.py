@@ -84,3 +84,9 @@ def test_family_is_the_done_runs_of_one_strategy_and_code(farm_home):
     assert n == 3 and variance == pytest.approx(np.var([1.0, 2.0], ddof=1) / 252)
     assert trials.family_stats([0.1]) == (1, 0.0)
     assert trials.family(store, "S", "nope").empty
+    # Paper runs and parity replays of the same code are not research trials.
+    store.runs.upsert("g", agent_id="S", strategy="S", mode="paper", status="done", code_hash="h1",
+                      metrics={"sharpe": 9.0}, started_at=pd.Timestamp("2024-01-02", tz="UTC"))
+    store.runs.upsert("h", agent_id="S/parity", strategy="S", mode="backtest", status="done", code_hash="h1",
+                      segment="parity", metrics={"sharpe": 9.0}, started_at=pd.Timestamp("2024-01-03", tz="UTC"))
+    assert list(trials.family(store, "S", "h1").run_id) == ["a", "b", "f"]

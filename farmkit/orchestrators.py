@@ -233,7 +233,7 @@ class KubernetesOrchestrator:
             apps, core = apps or client.AppsV1Api(), core or client.CoreV1Api()
         self.agents, self.namespace, self.apps, self.core = agents, namespace, apps, core
         self.render = render or _default_render
-        self.render_options = render_options or {}
+        self.render_options = {"namespace": namespace, **(render_options or {})}
 
     def _objects(self, name: str, owner: str | None) -> list[dict]:
         objects = manifests(self.render(self.agents.materialize(name), **self.render_options))
@@ -259,7 +259,7 @@ class KubernetesOrchestrator:
             raise OrchestratorError(f"agent {name} is already paper-trading (StatefulSet {self.namespace}/{name}); "
                                     "stop it first")
         for obj in self._objects(name, owner):
-            create, replace = self._verbs(obj["kind"])
+            create, replace, _ = self._verbs(obj["kind"])
             try:
                 create(namespace=self.namespace, body=obj)
             except ApiException as exc:
@@ -269,12 +269,13 @@ class KubernetesOrchestrator:
         return self.status(name)
 
     def _verbs(self, kind: str):
+        apps, core = self.apps, self.core
         verbs = {
-            "StatefulSet": (self.apps.create_namespaced_stateful_set, self.apps.replace_namespaced_stateful_set),
-            "Service": (self.core.create_namespaced_service, self.core.patch_namespaced_service),
-            "ConfigMap": (self.core.create_namespaced_config_map, self.core.replace_namespaced_config_map),
-            "ServiceAccount": (self.core.create_namespaced_service_account,
-                               self.core.replace_namespaced_service_account),
+            "StatefulSet": (apps.create_namespaced_stateful_set, apps.replace_namespaced_stateful_set,
+                            apps.delete_namespaced_stateful_set),
+            "Service": (core.create_namespaced_service, core.patch_namespaced_service, core.delete_namespaced_service),
+            "ConfigMap": (core.create_namespaced_config_map, core.replace_namespaced_config_map,
+                          core.delete_namespaced_config_map),
         }
         if kind not in verbs:
             raise ConfigError(f"the Kubernetes orchestrator cannot apply a {kind}; it applies {', '.join(verbs)}")
@@ -284,13 +285,19 @@ class KubernetesOrchestrator:
         from kubernetes.client.exceptions import ApiException
         if self._statefulset(name) is None:
             raise OrchestratorError(f"agent {name} is not paper-trading (no StatefulSet {self.namespace}/{name})")
-        try:
-            # Foreground: the pod gets its SIGTERM and grace period before the StatefulSet is gone.
-            self.apps.delete_namespaced_stateful_set(name, self.namespace, propagation_policy="Foreground")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        return {**self.status(name), "state": "stopping"}
+        status = self.status(name)
+        # The StatefulSet first, in the foreground: its pod gets SIGTERM and its grace period (the runner
+        # flushes FMEL and saves its checkpoint); then the agent's other objects. The volume claim stays,
+        # so a later start resumes from the checkpoint.
+        objects = sorted(self._objects(name, None), key=lambda o: o["kind"] != "StatefulSet")
+        for obj in objects:
+            delete = self._verbs(obj["kind"])[2]
+            try:
+                delete(name=obj["metadata"]["name"], namespace=self.namespace, propagation_policy="Foreground")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return {**status, "state": "stopping"}
 
     def owner(self, name: str) -> str | None:
         sts = self._statefulset(name)

@@ -1,0 +1,232 @@
+"""Paper sessions through the API. Locally: a real runner process (``python -m runner``) on
+agents/sma-crossover paper-trading a replayed market on the in-process bus, started and stopped over
+HTTP. On Kubernetes: no cluster can run here, so the official ``kubernetes`` client talks to a recorded
+in-memory API server (its REST layer replaced; the client's own request building and response parsing
+run) and the objects it is sent are checked with kubernetes-validate --strict."""
+
+import copy
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from fastapi.testclient import TestClient
+
+import farmkit as fk
+from farmkit.agents_store import LocalAgentStore
+from farmkit.api import ApiSettings, create_app
+from farmkit.fmel.stores import open_store
+from farmkit.orchestrators import OWNER_ANNOTATION, KubernetesOrchestrator, LocalProcessOrchestrator, OrchestratorError
+from tests.conftest import need
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = ROOT / "agents" / "sma-crossover"
+AUTH = {"Authorization": "Bearer t"}
+
+
+def eventually(condition, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)     # a poll interval
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def local(tmp_path):
+    settings = fk.Settings.from_env({"FARM_HOME": str(tmp_path / "farm"), "FARM_REDIS": "off", "FARM_BUS": "memory://",
+                                     "FARM_REPLAY": "synthetic", "FARM_REPLAY_SPEED": "600"})
+    agents = LocalAgentStore(tmp_path / "agents")
+    agents.put("sma-crossover", AGENT, owner="local")
+    orchestrator = LocalProcessOrchestrator(settings, agents, grace=15)
+    client = TestClient(create_app(settings, ApiSettings(token="t"), agents=agents, orchestrator=orchestrator))
+    yield settings, orchestrator, client
+    if orchestrator.status("sma-crossover")["state"] in ("starting", "running", "stopping"):
+        orchestrator.stop("sma-crossover")
+        orchestrator.wait("sma-crossover", 60)
+
+
+def test_a_runner_process_is_started_and_stopped_over_http(local):
+    settings, orchestrator, client = local
+    started = client.post("/api/paper-trading/sma-crossover/start", headers=AUTH)
+    assert started.status_code == 202, started.text
+    assert started.json()["state"] in ("starting", "running") and started.json()["owner"] == "local"
+    assert client.post("/api/paper-trading/sma-crossover/start", headers=AUTH).status_code == 409
+
+    def decided():
+        status = client.get("/api/paper-trading/sma-crossover", headers=AUTH).json()
+        assert status["state"] in ("starting", "running"), (status, orchestrator.logs("sma-crossover", 40))
+        return status if status["state"] == "running" and status["paper"].get("fmel_committed", 0) > 0 else None
+    status = eventually(decided, what="the paper session to commit FMEL")
+    run_id = status["run_id"]
+    assert run_id and status["paper"]["agent_id"] == "sma-crossover"
+    assert client.get("/api/fmel/runs", params={"mode": "paper"}, headers=AUTH).json()["items"][0]["run_id"] == run_id
+    account = client.get("/api/broker/sma-crossover/account", headers=AUTH)
+    assert account.status_code in (200, 404)    # 200 once the first checkpoint is saved
+
+    stopping = client.post("/api/paper-trading/sma-crossover/stop", headers=AUTH)
+    assert stopping.status_code == 202 and stopping.json()["state"] in ("stopping", "stopped")
+    assert orchestrator.wait("sma-crossover", 60) == 0, orchestrator.logs("sma-crossover", 60)
+    final = client.get("/api/paper-trading/sma-crossover", headers=AUTH).json()
+    assert (final["state"], final["exit_code"], final["paper"]["state"]) == ("stopped", 0, "stopped")
+    logs = client.get("/api/paper-trading/sma-crossover/logs", params={"lines": 500}, headers=AUTH).json()["lines"]
+    assert any("runner for sma-crossover" in line for line in logs)
+    records = open_store(settings.store).fmel(run_id)
+    assert len(records) == final["paper"]["fmel_committed"] > 0
+    assert client.get("/api/broker/sma-crossover/account", headers=AUTH).json()["run_id"] == run_id
+    assert client.post("/api/paper-trading/sma-crossover/stop", headers=AUTH).status_code == 409
+    assert client.delete("/api/agents/sma-crossover", headers=AUTH).status_code == 204
+
+
+def test_an_agent_that_is_paper_trading_cannot_be_deleted(local):
+    _, orchestrator, client = local
+    orchestrator.start("sma-crossover", owner="local")
+    refused = client.delete("/api/agents/sma-crossover", headers=AUTH)
+    assert refused.status_code == 409 and "stop" in refused.json()["message"]
+
+
+def test_a_runner_that_fails_is_reported_failed(tmp_path):
+    settings = fk.Settings.from_env({"FARM_HOME": str(tmp_path / "farm"), "FARM_REDIS": "off"})
+    agents = LocalAgentStore(tmp_path / "agents")
+    agents.put("sma-crossover", AGENT, owner="local")
+    (agents.root / "sma-crossover" / "agent.ipynb").unlink()      # the runner refuses to start without it
+    orchestrator = LocalProcessOrchestrator(settings, agents)
+    orchestrator.start("sma-crossover", owner="u1")
+    assert orchestrator.wait("sma-crossover", 60) not in (0, None)
+    status = orchestrator.status("sma-crossover")
+    assert status["state"] == "failed" and status["owner"] == "u1"
+    assert any("agent.ipynb" in line for line in orchestrator.logs("sma-crossover"))
+    with pytest.raises(OrchestratorError, match="not paper-trading"):
+        orchestrator.stop("sma-crossover")
+
+
+# --- Kubernetes --------------------------------------------------------------------------------------
+
+class _Reply:
+    def __init__(self, status, data, content_type="application/json"):
+        self.status, self.reason = status, {200: "OK", 201: "Created", 404: "Not Found", 409: "Conflict"}[status]
+        self.data = data if isinstance(data, bytes) else json.dumps(data).encode()
+        self.headers = {"content-type": content_type}
+
+
+class RecordedKubernetesApi:
+    """An in-memory Kubernetes API server at the REST layer of the official client: it keeps objects by
+    path, answers create/read/replace/patch/delete/log as the real one does (201/200/404/409), and
+    records every request."""
+
+    def __init__(self):
+        self.objects: dict[str, dict] = {}
+        self.logs: dict[str, str] = {}
+        self.calls: list[tuple[str, str, dict, object]] = []
+
+    def request(self, method, url, headers=None, body=None, post_params=None, _request_timeout=None):
+        from kubernetes.client.rest import RESTResponse
+        parsed = urlparse(url)
+        path, query = parsed.path, parse_qs(parsed.query)
+        self.calls.append((method, path, query, copy.deepcopy(body)))
+        return RESTResponse(self._answer(method, path, query, body))
+
+    def _answer(self, method, path, query, body):
+        status_404 = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+        if method == "POST":
+            key = f"{path}/{body['metadata']['name']}"
+            if key in self.objects:
+                return _Reply(409, {**status_404, "reason": "AlreadyExists", "code": 409})
+            obj = copy.deepcopy(body)
+            obj["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp="2026-01-02T03:04:05Z")
+            self.objects[key] = obj
+            return _Reply(201, obj)
+        if method == "GET" and path.endswith("/log"):
+            text = self.logs.get(path[:-len("/log")])
+            return _Reply(200, text.encode(), "text/plain") if text is not None else _Reply(404, status_404)
+        if path not in self.objects:
+            return _Reply(404, status_404)
+        if method == "GET":
+            return _Reply(200, self.objects[path])
+        if method in ("PUT", "PATCH"):
+            self.objects[path] = copy.deepcopy(body)
+            return _Reply(200, self.objects[path])
+        if method == "DELETE":
+            gone = self.objects.pop(path)
+            # As the API declares it: services answer with the deleted object, the others with a Status.
+            return _Reply(200, gone if "/services/" in path else {"kind": "Status", "apiVersion": "v1",
+                                                                   "status": "Success"})
+        raise AssertionError(f"unexpected {method} {path}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    from kubernetes import client
+    api = RecordedKubernetesApi()
+    api_client = client.ApiClient(client.Configuration(host="https://kubernetes.invalid"))
+    api_client.rest_client = api
+    agents = LocalAgentStore(tmp_path / "agents")
+    agents.put("sma-crossover", AGENT, owner="alice")
+    orchestrator = KubernetesOrchestrator(agents, "farm", apps=client.AppsV1Api(api_client),
+                                          core=client.CoreV1Api(api_client))
+    return api, orchestrator
+
+
+STS = "/apis/apps/v1/namespaces/farm/statefulsets/sma-crossover"
+
+
+def test_kubernetes_start_creates_the_rendered_objects_which_validate_strictly(cluster):
+    try:
+        import kubernetes_validate
+    except ImportError:
+        need(False, "kubernetes-validate is not installed (pip install -e '.[test]')")
+    api, orchestrator = cluster
+    status = orchestrator.start("sma-crossover", owner="alice")
+    assert (status["state"], status["owner"]) == ("starting", "alice")
+    created = [(path, body) for method, path, _, body in api.calls if method == "POST"]
+    assert [p for p, _ in created] == ["/api/v1/namespaces/farm/configmaps", "/api/v1/namespaces/farm/services",
+                                       "/apis/apps/v1/namespaces/farm/statefulsets"]
+    for _, body in created:
+        kubernetes_validate.validate(body, "1.32.0", strict=True)
+    sts = created[-1][1]
+    assert sts["metadata"]["annotations"][OWNER_ANNOTATION] == "alice"
+    assert sts["metadata"]["name"] == "sma-crossover" and sts["metadata"]["namespace"] == "farm"
+    assert orchestrator.owner("sma-crossover") == "alice"
+    with pytest.raises(OrchestratorError, match="already paper-trading"):
+        orchestrator.start("sma-crossover", owner="alice")
+
+    api.objects[STS]["status"] = {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+    assert orchestrator.status("sma-crossover")["state"] == "running"
+    api.logs["/api/v1/namespaces/farm/pods/sma-crossover-0"] = "one\ntwo\nthree\n"
+    assert orchestrator.logs("sma-crossover", 2) == ["two", "three"]
+    log_call = api.calls[-1]
+    assert log_call[1].endswith("/pods/sma-crossover-0/log") and log_call[2]["tailLines"] == ["2"]
+
+    api.calls.clear()
+    assert orchestrator.stop("sma-crossover")["state"] == "stopping"
+    deletes = [(path, query) for method, path, query, _ in api.calls if method == "DELETE"]
+    assert deletes[0] == (STS, {"propagationPolicy": ["Foreground"]})
+    assert sorted(p for p, _ in deletes[1:]) == ["/api/v1/namespaces/farm/configmaps/sma-crossover",
+                                                 "/api/v1/namespaces/farm/services/sma-crossover"]
+    assert orchestrator.status("sma-crossover")["state"] == "not_started"
+    with pytest.raises(OrchestratorError, match="not paper-trading"):
+        orchestrator.stop("sma-crossover")
+
+
+def test_kubernetes_start_replaces_objects_left_from_an_earlier_run(cluster):
+    api, orchestrator = cluster
+    orchestrator.start("sma-crossover", owner="alice")
+    del api.objects[STS]                          # the StatefulSet was deleted, its ConfigMap and Service stayed
+    api.calls.clear()
+    orchestrator.start("sma-crossover", owner="alice")
+    assert [m for m, *_ in api.calls if m != "GET"] == ["POST", "PUT", "POST", "PATCH", "POST"]
+
+
+def test_kubernetes_orchestrator_through_the_api(cluster, tmp_path):
+    api, orchestrator = cluster
+    settings = fk.Settings.from_env({"FARM_HOME": str(tmp_path / "farm"), "FARM_REDIS": "off"})
+    client = TestClient(create_app(settings, ApiSettings(token="t"), agents=orchestrator.agents,
+                                   orchestrator=orchestrator))
+    assert client.post("/api/paper-trading/sma-crossover/start", headers=AUTH).json()["state"] == "starting"
+    assert client.get("/api/paper-trading/sma-crossover/logs", headers=AUTH).json()["lines"] == []   # no pod yet
+    assert client.post("/api/paper-trading/sma-crossover/stop", headers=AUTH).status_code == 202

@@ -304,8 +304,11 @@ def decisions(ctx: Ctx, user: Me, run_id: RunId, limit: Limit = 100, offset: Off
               start: datetime | None = None, end: datetime | None = None, include_holds: bool = False):
     """A run's decisions, one row each, filtered by symbol, action and time (holds only when asked)."""
     _own_run(ctx, user, run_id)
-    frame = query.decisions(run_id, symbol=symbol, action=action, start=start, end=end,
-                            include_holds=include_holds, store=ctx.store)
+    try:
+        frame = query.decisions(run_id, symbol=symbol, action=action, start=start, end=end,
+                                include_holds=include_holds, store=ctx.store)
+    except (ValueError, OverflowError) as exc:     # e.g. a start or end outside the timestamps the store holds
+        raise ApiError(422, "invalid_request", f"cannot filter decisions so: {exc}") from None
     rows = [_plain(r) for r in frame.iloc[offset:offset + limit].to_dict("records")]
     for r in rows:
         r["signals"] = r["signals"] if isinstance(r.get("signals"), dict) else None

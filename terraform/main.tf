@@ -29,10 +29,11 @@ locals {
   schemas = "${path.module}/../farmkit/schemas/bigquery"
   # Kubernetes namespaces (k8s/overlays) whose service accounts act as the Google ones below.
   namespaces = ["farm", "farm-dev"]
-  workload_ksas = {
+  # JupyterHub's user servers (jupyterhub/values.yaml) run as jupyterhub/farm-notebook.
+  workload_ksas = merge({
     for pair in setproduct(local.namespaces, ["farm-ingester", "farm-agent", "farm-sweep"]) :
     "${pair[0]}/${pair[1]}" => pair
-  }
+  }, { "jupyterhub/farm-notebook" = ["jupyterhub", "farm-notebook"] })
   api_ksas = { for ns in local.namespaces : "${ns}/farm-api" => [ns, "farm-api"] }
   labels   = { app = "the-farm" }
 }

@@ -194,7 +194,8 @@ def test_workload_identity_matches_the_kubernetes_service_accounts(local, resour
     gsa = {a["metadata"]["name"]: a["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].split("@")[0]
            for a in accounts}
     workloads = re.findall(r'"(farm-[a-z]+)"', local["workload_ksas"])
-    assert {k for k, v in gsa.items() if v == "farm-workloads"} == set(workloads)
+    hub = yaml.safe_load((ROOT / "jupyterhub/values.yaml").read_text())["singleuser"]["serviceAccountName"]
+    assert {k for k, v in gsa.items() if v == "farm-workloads"} | {hub} == set(workloads)
     assert gsa["farm-api"] == "farm-api" and "farm-api" in local["api_ksas"]
     assert resources["google_service_account", "workloads"]["account_id"] == "${local.name}-workloads"
     assert local["name"] == "farm"

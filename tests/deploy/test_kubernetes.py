@@ -212,8 +212,14 @@ def test_ingester_has_one_replica_per_shard(rendered, overlay):
     assert hpa["spec"]["scaleTargetRef"]["name"] == "api" and hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert docs["Service", "api"]["spec"]["selector"].items() <= \
         docs["Deployment", "api"]["spec"]["template"]["metadata"]["labels"].items()
-    assert docs["RoleBinding", "farm-api-agents"]["subjects"][0]["namespace"] == docs["Namespace", sts["metadata"][
-        "namespace"]]["metadata"]["name"]
+    namespace = sts["metadata"]["namespace"]
+    assert docs["RoleBinding", "farm-api-agents"]["subjects"][0]["namespace"] == namespace
+    # the API deploys agents into the namespace its Role covers, with the settings it knows
+    api = docs["ConfigMap", "farm-api"]["data"]
+    assert api["FARM_API_ORCHESTRATOR"] == f"kubernetes://{namespace}"
+    assert docs["Role", "farm-api-agents"]["metadata"]["namespace"] == namespace
+    from farmkit.api.settings import ApiSettings
+    ApiSettings.from_env(api)
 
 
 def test_agent_gets_time_to_stop_cleanly():

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import nbformat
 import pandas as pd
 from fastapi import APIRouter, Depends, Path as PathParam, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from farmkit import leaderboard
 from farmkit.api.app import ApiError, Context, context, current_user
@@ -33,6 +34,7 @@ Limit = Annotated[int, Query(ge=1, le=500, description="items per page")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")]
 Metric = Literal["sharpe", "dsr", "total_return", "max_drawdown"]
 Board = Literal["backtest", "paper"]
+FINISHED = ("done", "failed", "interrupted")
 
 
 def _plain(value):
@@ -224,14 +226,24 @@ def boards(ctx: Ctx, user: Me):
     return {"boards": leaderboard.boards(client=_redis(ctx)), "metrics": list(leaderboard.METRICS)}
 
 
-@router.get("/leaderboard/{board}/top", response_model=Page[LeaderboardEntry], tags=["leaderboard"])
-def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "sharpe", limit: Limit = 10, offset: Offset = 0):
-    """The best agents on a board by a metric, best first (each agent's best run)."""
+def _top(ctx: Context, board: str, metric: str, limit: int, offset: int) -> dict:
     client = _redis(ctx)
     frame = leaderboard.top(metric, n=offset + limit, board=board, client=client)
     total = int(client.zcard(f"farm:lb:{board}:{metric}"))
     rows = [_plain(r) for r in frame.iloc[offset:].to_dict("records")]
     return _page(rows, max(total, offset + len(rows)), limit, offset)
+
+
+@router.get("/leaderboard/{board}/top", response_model=Page[LeaderboardEntry], tags=["leaderboard"])
+async def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "sharpe", limit: Limit = 10, offset: Offset = 0):
+    """The best agents on a board by a metric, best first (each agent's best run). Answers may be up to
+    LEADERBOARD_SECONDS (1 s) old: every reader shares them."""
+    key = (board, metric, limit, offset)
+    page = ctx.caches["top"].get(key)
+    if page is None:
+        page = await run_in_threadpool(_top, ctx, board, metric, limit, offset)
+        ctx.caches["top"].put(key, page)
+    return page
 
 
 @router.get("/leaderboard/{board}/rank/{agent}", response_model=Rank, tags=["leaderboard"])
@@ -265,8 +277,13 @@ def _can_see_run(ctx: Context, user: User, row: dict) -> bool:
     return (agent is not None and user.owns(agent.owner)) or user.owns(ctx.orchestrator.owner(str(row.get("agent_id"))))
 
 
-def _own_run(ctx: Context, user: User, run_id: str) -> dict:
-    row = ctx.store.runs.get(run_id)
+def _own_run(ctx: Context, user: User, run_id: str, *, cached: bool = False) -> dict:
+    # A finished run's row does not change: with cached=True it is read from the store once.
+    row = ctx.caches["runs"].get(run_id) if cached else None
+    if row is None:
+        row = ctx.store.runs.get(run_id)
+        if row is not None and cached and row.get("status") in FINISHED:
+            ctx.caches["runs"].put(run_id, row)
     if row is None:
         raise ApiError(404, "not_found", f"no run {run_id!r}; GET /api/fmel/runs lists yours")
     if not _can_see_run(ctx, user, row):
@@ -315,17 +332,28 @@ def decisions(ctx: Ctx, user: Me, run_id: RunId, limit: Limit = 100, offset: Off
     return _page(rows, len(frame), limit, offset)
 
 
-@router.get("/fmel/runs/{run_id}/bars/{bar}", response_model=Explanation, tags=["fmel"])
-def explain(ctx: Ctx, user: Me, run_id: RunId, bar: Annotated[int, PathParam(ge=0, le=10**9)]):
-    """One bar explained: the market, what the strategy knew, what it decided and why, what happened."""
-    _own_run(ctx, user, run_id)
+def _explain(ctx: Context, user: User, run_id: str, bar: int) -> dict:
+    row = _own_run(ctx, user, run_id, cached=True)
     try:
         table = query.explain(run_id, bar=bar, store=ctx.store)
     except KeyError as exc:
         raise ApiError(404, "not_found", str(exc.args[0]) if exc.args else str(exc)) from None
     rows = [{"section": s, "field": str(f), "value": str(v)} for (s, f), v in table["value"].items()]
-    return {"run_id": run_id, "bar_number": table.attrs["bar_number"], "timestamp": _plain(table.attrs["timestamp"]),
-            "rows": rows}
+    answer = {"run_id": run_id, "bar_number": table.attrs["bar_number"],
+              "timestamp": _plain(table.attrs["timestamp"]), "rows": rows}
+    if row.get("status") in FINISHED:       # a finished run's records never change
+        ctx.caches["explain"].put((run_id, bar), answer)
+    return answer
+
+
+@router.get("/fmel/runs/{run_id}/bars/{bar}", response_model=Explanation, tags=["fmel"])
+async def explain(ctx: Ctx, user: Me, run_id: RunId, bar: Annotated[int, PathParam(ge=0, le=10**9)]):
+    """One bar explained: the market, what the strategy knew, what it decided and why, what happened."""
+    row = ctx.caches["runs"].get(run_id)
+    answer = ctx.caches["explain"].get((run_id, bar)) if row is not None else None
+    if answer is not None and user.admin or answer is not None and _can_see_run(ctx, user, row):
+        return answer
+    return await run_in_threadpool(_explain, ctx, user, run_id, bar)
 
 
 @router.get("/fmel/compare", response_model=Comparison, tags=["fmel"])

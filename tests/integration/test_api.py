@@ -122,6 +122,11 @@ def test_users_see_only_their_own_runs(world, jwks):
     assert_error(client.get("/api/fmel/compare", params={"run_a": runs["a1"], "run_b": runs["b1"]},
                             headers=headers(jwks)), 403)
     assert client.get(f"/api/fmel/runs/{runs['b1']}", headers=headers(jwks, "bob")).status_code == 200
+    # Explanations of finished runs are cached; the cache answers only whoever may see the run.
+    assert client.get(f"/api/fmel/runs/{runs['a1']}/bars/3", headers=headers(jwks)).status_code == 200
+    assert client.get(f"/api/fmel/runs/{runs['a1']}/bars/3", headers=headers(jwks)).status_code == 200
+    assert world["app"].state.farm.caches["explain"].hits >= 1
+    assert_error(client.get(f"/api/fmel/runs/{runs['a1']}/bars/3", headers=headers(jwks, "bob")), 403)
 
 
 def test_local_token_user_sees_everything(world):

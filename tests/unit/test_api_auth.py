@@ -144,3 +144,16 @@ def test_manifests_accepts_objects_lists_and_yaml():
     assert manifests("kind: StatefulSet\nmetadata: {name: a}\n---\nkind: Service\n")[1]["kind"] == "Service"
     with pytest.raises(ConfigError, match="not a Kubernetes object"):
         manifests(["nope"])
+
+
+def test_ttl_cache_expires_and_evicts_least_recently_used():
+    from farmkit.api.cache import TtlCache
+    now = [0.0]
+    cache = TtlCache(2, ttl=1.0, clock=lambda: now[0])
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1
+    cache.put("c", 3)                       # evicts b, the least recently used
+    assert cache.get("b") is None and cache.get("c") == 3
+    now[0] = 1.5
+    assert cache.get("a") is None and (cache.hits, cache.misses) == (2, 2)

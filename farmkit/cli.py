@@ -18,6 +18,7 @@ _EPILOG = """examples:
   farm paper agents/sma-crossover --replay synthetic --speed 60   # paper trading, no keys needed
   farm ingest --source synthetic --stocks AAPL,MSFT --speed 60    # market data onto the bus (FARM_BUS)
   farm archive                   # bars and news from the bus into the store
+  farm deploy agents/sma-crossover --dry-run   # the agent's Kubernetes manifests
   farm parity RUN_ID --strategy strategies.py:SmaCross
   farm leaderboard               # the best agents by Sharpe (Redis)
   farm runs                      # recent runs with their metrics
@@ -144,8 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--at", help="timestamp (UTC unless it says otherwise)")
     ex.set_defaults(handler=_explain)
 
+    from farmkit.deploy import register as register_deploy
     from ingester.cli import register as register_ingester
     register_ingester(sub)          # farm ingest, farm archive
+    register_deploy(sub)            # farm deploy
     return parser
 
 

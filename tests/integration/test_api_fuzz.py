@@ -48,7 +48,7 @@ def test_no_5xx_and_every_response_matches_the_schema(api_schema):
         operations += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                   database=None)
         def fuzz(case):
             case.call_and_validate(headers=AUTH, checks=checks)

@@ -30,7 +30,8 @@ from farmkit.errors import ConfigError
 from farmkit.model import Bar, MalformedMessage, NewsItem, parse_message
 from farmkit.settings import Settings, backend
 
-__all__ = ["BAR_SCHEMA", "NEWS_SCHEMA", "REGISTRY", "ArchiveWriter", "Archiver", "LocalArchive", "bars_table",
+__all__ = ["BAR_SCHEMA", "NEWS_SCHEMA", "REGISTRY", "ArchiveWriter", "Archiver", "BigQueryArchive", "LocalArchive",
+           "bars_table",
            "news_table", "open_archive", "read_bars", "read_news"]
 
 log = logging.getLogger("farmkit.archive")
@@ -119,6 +120,35 @@ class LocalArchive:
                 written += len(keep)
         return written
 
+    def latest_bars(self, symbols, n: int, *, before=None) -> "Bars":
+        """The last ``n`` archived minute bars of each symbol (before ``before``, default all), the latest
+        revision of each: what primes a paper run's indicators from the archive."""
+        import duckdb
+        import pandas as pd
+
+        from farmkit.data.bars import Bars
+
+        root = self.root / "market_data"
+        out = Bars()
+        if not any(root.glob("date=*/*.parquet")) or n <= 0:
+            return out
+        cutoff = "" if before is None else f"AND timestamp < TIMESTAMPTZ '{pd.Timestamp(before).isoformat()}'"
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            for symbol in symbols:
+                frame = con.execute(f"""
+                    SELECT timestamp, open, high, low, close, volume FROM (
+                        SELECT *, row_number() OVER (PARTITION BY timestamp ORDER BY revision DESC, archived_at) AS rn
+                        FROM read_parquet('{root}/date=*/*.parquet', hive_partitioning = true)
+                        WHERE symbol = ? {cutoff})
+                    WHERE rn = 1 ORDER BY timestamp DESC LIMIT ?""", [symbol, int(n)]).df()
+                if len(frame):
+                    out[symbol] = _bars_frame(frame)
+        finally:
+            con.close()
+        return out
+
     @staticmethod
     def _existing(folder: Path, key: tuple[str, ...]) -> set[tuple]:
         files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
@@ -128,14 +158,72 @@ class LocalArchive:
                          else pq.read_table(files[0], columns=list(key)), key))
 
 
+def _bars_frame(frame):
+    """Newest-first rows of timestamp and OHLCV -> an oldest-first frame of floats on a UTC index."""
+    import pandas as pd
+
+    frame = frame.iloc[::-1].set_index("timestamp")
+    frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
+    frame.index.name = "timestamp"
+    return frame.astype("float64")
+
+
+class BigQueryArchive:
+    """The archive in BigQuery's ``market_data`` and ``news`` tables (a :class:`~farmkit.fmel.bigquery.BigQueryStore`).
+    Each row's insertId is its key, and readers keep one row per key: a redelivered batch written
+    again is harmless. A failed write raises (nothing is spilled): the archiver then nacks, and Pub/Sub,
+    which still holds the messages, delivers them again."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def write_bars(self, table: pa.Table) -> int:
+        return self.store.write_rows(_json_rows(table.cast(BAR_SCHEMA)), table="market_data", spill=False)
+
+    def write_news(self, table: pa.Table) -> int:
+        return self.store.write_rows(_json_rows(table.cast(NEWS_SCHEMA)), table="news", spill=False)
+
+    def latest_bars(self, symbols, n: int, *, before=None) -> "Bars":
+        """As :meth:`LocalArchive.latest_bars`, from BigQuery."""
+        import pandas as pd
+
+        from farmkit.data.bars import Bars
+
+        out = Bars()
+        if n <= 0:
+            return out
+        table = f"`{self.store.table('market_data')}`"
+        for symbol in symbols:
+            params = [symbol] + ([pd.Timestamp(before).to_pydatetime()] if before is not None else [])
+            frame = self.store.query(f"""
+                SELECT timestamp, open, high, low, close, volume FROM {table}
+                WHERE symbol = ? {"AND timestamp < ?" if before is not None else ""}
+                QUALIFY ROW_NUMBER() OVER (PARTITION BY timestamp ORDER BY revision DESC, archived_at) = 1
+                ORDER BY timestamp DESC LIMIT {int(n)}""", params)
+            if len(frame):
+                out[symbol] = _bars_frame(frame)
+        return out
+
+
+def _json_rows(table: pa.Table) -> list[dict]:
+    # insertAll JSON: timestamps as ISO text, lists as lists.
+    rows = table.to_pylist()
+    for row in rows:
+        for key, value in row.items():
+            if hasattr(value, "isoformat"):
+                row[key] = value.isoformat()
+    return rows
+
+
 def _local(url: str) -> ArchiveWriter:
     parsed = urlparse(url)
     return LocalArchive(Path(parsed.netloc + parsed.path).expanduser())
 
 
 def _bigquery(url: str) -> ArchiveWriter:
-    raise ConfigError(f"{url}: the BigQuery archive (tables market_data and news) is not wired here yet; "
-                      "it plugs into farmkit.archive.REGISTRY with write_bars/write_news. Use local://PATH.")
+    from farmkit.fmel.stores import open_store
+
+    return BigQueryArchive(open_store(url))
 
 
 REGISTRY: dict[str, Callable[[str], ArchiveWriter]] = {"local": _local, "bigquery": _bigquery}
@@ -173,35 +261,9 @@ def read_bars(home: str | os.PathLike):
 
 
 def latest_bars(home: str | os.PathLike, symbols, n: int, *, before=None) -> "Bars":
-    """The last ``n`` archived minute bars of each symbol (before ``before``, default all), the latest
-    revision of each: what primes a paper run's indicators from the archive."""
-    import duckdb
-    import pandas as pd
-
-    from farmkit.data.bars import Bars
-
-    root = Path(home) / "archive" / "market_data"
-    out = Bars()
-    if not any(root.glob("date=*/*.parquet")) or n <= 0:
-        return out
-    cutoff = "" if before is None else f"AND timestamp < TIMESTAMPTZ '{pd.Timestamp(before).isoformat()}'"
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        for symbol in symbols:
-            frame = con.execute(f"""
-                SELECT timestamp, open, high, low, close, volume FROM (
-                    SELECT *, row_number() OVER (PARTITION BY timestamp ORDER BY revision DESC, archived_at) AS rn
-                    FROM read_parquet('{root}/date=*/*.parquet', hive_partitioning = true)
-                    WHERE symbol = ? {cutoff})
-                WHERE rn = 1 ORDER BY timestamp DESC LIMIT ?""", [symbol, int(n)]).df()
-            if len(frame):
-                frame = frame.iloc[::-1].set_index("timestamp")
-                frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
-                out[symbol] = frame.astype("float64")
-    finally:
-        con.close()
-    return out
+    """The last ``n`` archived minute bars of each symbol in the embedded archive under ``home``
+    (see :meth:`LocalArchive.latest_bars`)."""
+    return LocalArchive(home).latest_bars(symbols, n, before=before)
 
 
 def read_news(home: str | os.PathLike):

@@ -238,7 +238,8 @@ def backtest(strategy: type, data, cash: float = 100_000.0, commission: float = 
         # come from the bus. The one place where the two modes part.
         from farmkit.paper import paper
         from farmkit.warmup import warmup_history
-        history = warmup_history(settings.warmup, list(bars), settings.warmup_bars, bars, home=settings.home)
+        history = warmup_history(settings.warmup, list(bars), settings.warmup_bars, bars, home=settings.home,
+                                 store=settings.store)
         return paper(strategy, list(bars), history=history, bus=settings.bus,
                      subscription=settings.subscription, agent_id=agent_id or settings.agent_id,
                      cash=cash, commission=commission, settings=settings, store=store,

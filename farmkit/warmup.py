@@ -29,9 +29,9 @@ def last_bars(bars: Bars, n: int | None) -> Bars:
 
 
 def warmup_history(source: str, symbols, n: int | None, notebook_bars: Bars | None = None, *,
-                   now: pd.Timestamp | None = None, environ=None, home=None) -> Bars:
-    """The warm-up bars of ``symbols`` from ``source`` (see the module docstring); ``home`` is the
-    FARM_HOME whose archive ``archive`` reads."""
+                   now: pd.Timestamp | None = None, environ=None, home=None, store: str | None = None) -> Bars:
+    """The warm-up bars of ``symbols`` from ``source`` (see the module docstring). ``archive`` reads
+    the archive of the store URL ``store`` (e.g. FARM_STORE), else the embedded one under ``home``."""
     symbols = list(symbols)
     if source == "notebook":
         return last_bars(notebook_bars if notebook_bars is not None else Bars(), n)
@@ -47,14 +47,18 @@ def warmup_history(source: str, symbols, n: int | None, notebook_bars: Bars | No
         bars = alpaca(symbols, start=now - pd.Timedelta(days=days), end=now, environ=environ)
         return last_bars(bars, n)
     if source == "archive":
-        from farmkit.archive import latest_bars
+        from farmkit.archive import LocalArchive, open_archive
         from farmkit.settings import Settings
 
-        home = home if home is not None else Settings.from_env(environ).home
-        bars = latest_bars(home, symbols, DEFAULT_BARS if n is None else n, before=now)
+        if store is not None:
+            archive = open_archive(store)
+        else:
+            archive = LocalArchive(home if home is not None else Settings.from_env(environ).home)
+        bars = archive.latest_bars(symbols, DEFAULT_BARS if n is None else n, before=now)
         missing = [s for s in symbols if s not in bars]
         if missing:
-            raise ConfigError(f"the market archive under {home}/archive has no bars for {', '.join(missing)}; "
+            where = store or f"{archive.root}"
+            raise ConfigError(f"the market archive ({where}) has no bars for {', '.join(missing)}; "
                               "run `farm archive` alongside the ingester first, or set FARM_WARMUP=notebook")
         return bars
     raise ConfigError(f"FARM_WARMUP must be one of {', '.join(SOURCES)}, got {source!r}")

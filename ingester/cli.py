@@ -34,6 +34,7 @@ Bars filled in after a gap say "source": "backfill". Exit codes: 0 clean stop (e
 _ARCHIVE_EPILOG = """examples:
   farm archive                                   # memory:// only sees this process: use with pubsub://
   FARM_BUS=pubsub://my-project farm archive      # FARM_STORE=local://.farm writes Parquet under .farm/archive
+  FARM_BUS=pubsub://my-project FARM_STORE=bigquery://my-project/farm farm archive   # BigQuery market_data, news
   duckdb -c "select * from read_parquet('.farm/archive/market_data/*/*.parquet', hive_partitioning=1)"
 
 Subscribes to market-data and news-data (subscriptions archive-market-data, archive-news-data), writes
@@ -74,7 +75,8 @@ def register(subparsers) -> None:
     archive_parser = subparsers.add_parser(
         "archive", help="write bars and news from the bus to the store, idempotently",
         description="Subscribe to the market-data and news-data topics and write what arrives to FARM_STORE "
-                    "(local: Parquet under FARM_HOME/archive, read with DuckDB).",
+                    "(local: Parquet under FARM_HOME/archive, read with DuckDB; bigquery://PROJECT/DATASET: the "
+                    "tables market_data and news, one row per key when read).",
         epilog=_ARCHIVE_EPILOG, formatter_class=formatter)
     archive_parser.add_argument("--flush-seconds", type=float, default=5.0, help="write at least this often")
     archive_parser.add_argument("--batch", type=int, default=5000, help="write when this many records wait")

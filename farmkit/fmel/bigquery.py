@@ -81,6 +81,14 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
 
 
+# Each table's insertId: the key its readers deduplicate on (BigQuery's own dedup is best effort).
+ROW_ID: dict[str, Callable[[dict], str]] = {
+    "fmel": lambda r: r["record_id"],
+    "market_data": lambda r: f"{r['symbol']}|{r['timestamp']}|{r['revision']}",
+    "news": lambda r: f"{r['id']}|{r['updated_at']}",
+}
+
+
 def _iso(value) -> str | None:
     if value is None:
         return None
@@ -189,34 +197,40 @@ class BigQueryStore:
             self.replay()
         return self.write_rows(rows_of(table))
 
-    def write_rows(self, rows: list[dict], *, spill: bool = True) -> int:
-        """Insert insertAll JSON rows of the ``fmel`` table in bounded requests; the rest is spilled."""
+    def write_rows(self, rows: list[dict], *, spill: bool = True, table: str = "fmel") -> int:
+        """Insert insertAll JSON rows of ``table`` (``fmel``, ``market_data`` or ``news``) in bounded
+        requests, each row's insertId its key; the rest is spilled."""
         written, failed, rejected = 0, [], []
+        spill_dir = self._spill_dir(table)
         for batch in batches(rows):
             if failed:      # the table is unreachable: don't hammer it for every request of this write
                 failed.extend(batch)
                 continue
-            ok, retry, bad = self._insert(batch)
+            ok, retry, bad = self._insert(batch, table)
             written += ok
             failed.extend(retry)
             rejected.extend(bad)
         if rejected:
-            self._spill(rejected, self.spill_dir / "rejected")
+            self._spill(rejected, spill_dir / "rejected")
             self.stats["rejected"] += len(rejected)
-            log.error("BigQuery rejected %d FMEL row(s) (%s); kept in %s", len(rejected), self.last_error,
-                      self.spill_dir / "rejected")
+            log.error("BigQuery rejected %d %s row(s) (%s); kept in %s", len(rejected), table, self.last_error,
+                      spill_dir / "rejected")
         if failed:
             self._last_failure = time.monotonic()
             if not spill:
-                raise FmelSinkError(f"{len(failed)} FMEL row(s) not written to {self.table('fmel')}: "
+                raise FmelSinkError(f"{len(failed)} {table} row(s) not written to {self.table(table)}: "
                                     f"{self.last_error}", failed)
-            self._spill(failed, self.spill_dir)
+            self._spill(failed, spill_dir)
             self.stats["spilled"] += len(failed)
-            log.warning("BigQuery unreachable (%s); %d FMEL row(s) spilled to %s", self.last_error,
-                        len(failed), self.spill_dir)
+            log.warning("BigQuery unreachable (%s); %d %s row(s) spilled to %s", self.last_error,
+                        len(failed), table, spill_dir)
         return written
 
-    def _insert(self, batch: list[dict]) -> tuple[int, list[dict], list[dict]]:
+    def _spill_dir(self, table: str) -> Path:
+        # FMEL spills at the top (as it always has); the archive's tables each in a folder of their own.
+        return self.spill_dir if table == "fmel" else self.spill_dir / table
+
+    def _insert(self, batch: list[dict], table: str = "fmel") -> tuple[int, list[dict], list[dict]]:
         """One request, retried with backoff: (rows written, rows to retry later, rows rejected)."""
         todo, rejected, written = batch, [], 0
         for attempt in range(self.attempts):
@@ -225,7 +239,7 @@ class BigQueryStore:
                 self.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 errors = self.client.insert_rows_json(
-                    self.table("fmel"), todo, row_ids=[r["record_id"] for r in todo],
+                    self.table(table), todo, row_ids=[ROW_ID[table](r) for r in todo],
                     skip_invalid_rows=True, retry=None, timeout=self.timeout)   # our own retry, not 600 s
             except Exception as exc:  # noqa: BLE001 - any failure keeps the rows for later
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -242,7 +256,7 @@ class BigQueryStore:
             permanent = {i for i, errs in failed.items() if any(e.get("reason") in _PERMANENT for e in errs)}
             if failed:
                 first = next(iter(failed.items()))
-                self.last_error = (f"row {todo[first[0]].get('record_id')}: "
+                self.last_error = (f"row {ROW_ID[table](todo[first[0]])}: "
                                    + "; ".join(f"{e.get('reason')} {e.get('location', '')}: {e.get('message')}"
                                                for e in first[1]))
             rejected += [todo[i] for i in sorted(permanent)]
@@ -273,9 +287,11 @@ class BigQueryStore:
 
     def pending(self) -> dict:
         """What is not in BigQuery yet: spilled ``batches`` and ``records`` (replayed later) and
-        ``rejected`` records (refused by BigQuery as invalid; kept on disk, see ``last_error``)."""
+        ``rejected`` records (refused by BigQuery as invalid; kept on disk, see ``last_error``), of
+        every table."""
         count = lambda files: sum(int(p.name.split("-")[1]) for p in files)
-        spilled, rejected = self._spilled(), self._spilled(self.spill_dir / "rejected")
+        spilled = [p for t in ROW_ID for p in self._spilled(self._spill_dir(t))]
+        rejected = [p for t in ROW_ID for p in self._spilled(self._spill_dir(t) / "rejected")]
         return {"batches": len(spilled), "records": count(spilled), "rejected": count(rejected),
                 "last_error": self.last_error}
 
@@ -283,19 +299,20 @@ class BigQueryStore:
         """Write spilled batches, oldest first; stops at the first that still fails. Returns the
         records written."""
         done = 0
-        for path in self._spilled():
-            try:
-                rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-            except FileNotFoundError:      # another process sharing this folder replayed it
-                continue
-            try:
-                done += self.write_rows(rows, spill=False)
-            except FmelSinkError as exc:
-                if len(exc.rows) < len(rows):
-                    self._spill(exc.rows, self.spill_dir)
-                    path.unlink(missing_ok=True)
-                break
-            path.unlink(missing_ok=True)
+        for table in ROW_ID:
+            for path in self._spilled(self._spill_dir(table)):
+                try:
+                    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+                except FileNotFoundError:      # another process sharing this folder replayed it
+                    continue
+                try:
+                    done += self.write_rows(rows, spill=False, table=table)
+                except FmelSinkError as exc:
+                    if len(exc.rows) < len(rows):
+                        self._spill(exc.rows, self._spill_dir(table))
+                        path.unlink(missing_ok=True)
+                    break
+                path.unlink(missing_ok=True)
         self.stats["replayed"] += done
         return done
 

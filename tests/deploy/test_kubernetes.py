@@ -286,3 +286,16 @@ def test_agents_reach_only_google_apis_redis_and_dns(rendered):
     ingester = _egress_peers(policies, {"app.kubernetes.io/component": "ingester"})
     assert any(p.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for p in ingester)
     assert "10.30.0.0/29" not in {p.get("ipBlock", {}).get("cidr") for p in ingester}
+
+
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod"])
+def test_the_archive_runs_farm_archive_on_the_ingester_image(rendered, overlay):
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered[overlay]}
+    archive = docs["Deployment", "archive"]["spec"]["template"]["spec"]
+    ingester = docs["StatefulSet", "ingester"]["spec"]["template"]["spec"]
+    container = archive["containers"][0]
+    assert container["image"] == ingester["containers"][0]["image"]
+    assert container["command"] == ["python", "-m", "farmkit.cli", "archive"]
+    assert archive["serviceAccountName"] == "farm-ingester"    # Pub/Sub subscriber, BigQuery writer
+    from farmkit.cli import _parser
+    assert _parser().parse_args(container["command"][3:]).command == "archive"

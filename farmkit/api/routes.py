@@ -3,6 +3,7 @@ own agents and runs (the local token's user sees all); leaderboards are readable
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import tempfile
@@ -240,10 +241,20 @@ async def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "sharpe", limit
     LEADERBOARD_SECONDS (1 s) old: every reader shares them."""
     key = (board, metric, limit, offset)
     page = ctx.caches["top"].get(key)
-    if page is None:
-        page = await run_in_threadpool(_top, ctx, board, metric, limit, offset)
-        ctx.caches["top"].put(key, page)
-    return page
+    if page is not None:
+        return page
+    # One computation per key at a time: when the cached answer expires under load, the requests
+    # arriving meanwhile wait for it instead of each reading Redis and building the table again.
+    pending = ctx.pending.get(key)
+    if pending is None:
+        pending = ctx.pending[key] = asyncio.ensure_future(run_in_threadpool(_top, ctx, board, metric, limit, offset))
+
+        def settle(done, key=key):
+            ctx.pending.pop(key, None)
+            if not done.cancelled() and done.exception() is None:
+                ctx.caches["top"].put(key, done.result())
+        pending.add_done_callback(settle)
+    return await asyncio.shield(pending)
 
 
 @router.get("/leaderboard/{board}/rank/{agent}", response_model=Rank, tags=["leaderboard"])

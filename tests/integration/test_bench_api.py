@@ -18,7 +18,7 @@ def test_quick_run_prints_name_value_lines_with_the_headline_last():
     assert len(values) == len(lines)        # nothing but name=value lines, each name once
     assert lines[-1].startswith("leaderboard_rps_over_target=")
     assert int(values["clients"]) == 50
-    for phase in ("leaderboard_closed", "leaderboard_open", "explain_closed", "explain_open"):
+    for phase in ("leaderboard_closed", "leaderboard_open", "explain_cold_closed", "explain_closed", "explain_open"):
         for figure in ("rps", "p50_ms", "p99_ms"):
             assert math.isfinite(float(values[f"{phase}_{figure}"])), (phase, figure)
         assert int(values[f"{phase}_errors"]) == 0, phase

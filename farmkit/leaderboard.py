@@ -18,6 +18,9 @@ Key layout (one Lua script writes all of a run's keys, so readers never see half
 - ``farm:lb:BOARD:METRIC``           sorted set, agent -> score of its best run
 - ``farm:lb:BOARD:best:METRIC``      hash, agent -> run_id holding that score
 - ``farm:lb:BOARD:runs:METRIC:AGENT`` sorted set, run_id -> score of every ranked run of the agent
+- ``farm:lb:BOARD:rows:METRIC``      hash, agent -> its best run's table row (JSON): what ``top`` shows,
+                                     read with the ranking in one round trip
+- ``farm:lb:rows``                   hash, run_id -> that run's table row (JSON)
 - ``farm:lb:boards``                 set of the boards that have runs
 - ``farm:run:RUN_ID``                hash of the run: agent, strategy, mode, board, status, params
                                      (JSON), metrics (JSON), finished_at, updated_at, ...
@@ -32,6 +35,7 @@ import math
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+import numpy as np
 import pandas as pd
 
 from farmkit import embedded_redis
@@ -51,21 +55,24 @@ _PREFIX = "farm"
 
 # All of one run's writes in one script: Redis runs a script alone, so concurrent sweep workers
 # and paper runs cannot interleave between reading an agent's best run and writing it.
-# KEYS: run hash, agent hash, boards set, then per metric: board zset, best hash, agent's runs zset.
-# ARGV: run_id, agent, board, at (epoch s), n_metrics, per metric (score or '' = not ranked,
-# direction '1'/'-1'), then the run hash's field/value pairs.
+# KEYS: run hash, agent hash, boards set, rows hash, then per metric: board zset, best hash, agent's
+# runs zset, board rows hash.
+# ARGV: run_id, agent, board, at (epoch s), n_metrics, the run's table row (JSON), per metric (score or
+# '' = not ranked, direction '1'/'-1'), then the run hash's field/value pairs.
 _RECORD_LUA = """
 local run_id, agent, board, at, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 redis.call('SADD', KEYS[3], board)
+redis.call('HSET', KEYS[4], run_id, ARGV[6])
 local seen = redis.call('HGET', KEYS[2], board .. ':at')
 if (not seen) or tonumber(seen) <= tonumber(at) then
   redis.call('HSET', KEYS[2], board, run_id, board .. ':at', at)
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6 + 2 * n, #ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7 + 2 * n, #ARGV))
 for i = 0, n - 1 do
-  local board_key, best_key, runs_key = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-  local score, direction = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+  local board_key, best_key, runs_key = KEYS[5 + 4 * i], KEYS[6 + 4 * i], KEYS[7 + 4 * i]
+  local rows_key = KEYS[8 + 4 * i]
+  local score, direction = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   -- The run's new score replaces its old one (a paper run's latest snapshot), then the agent's
   -- best run is whichever of its runs now scores best: a worse run never displaces a better one.
   if score == '' then
@@ -82,12 +89,34 @@ for i = 0, n - 1 do
   if #best == 0 then
     redis.call('ZREM', board_key, agent)
     redis.call('HDEL', best_key, agent)
+    redis.call('HDEL', rows_key, agent)
   else
     redis.call('ZADD', board_key, best[2], agent)
     redis.call('HSET', best_key, agent, best[1])
+    redis.call('HSET', rows_key, agent, redis.call('HGET', KEYS[4], best[1]) or '')
   end
 end
 return 1
+"""
+
+# The ranking and each ranked agent's best-run row in one round trip.
+# KEYS: board zset, board rows hash, best hash. ARGV: n, '1' for highest first.
+_TOP_LUA = """
+local n = tonumber(ARGV[1])
+local ranked
+if ARGV[2] == '1' then
+  ranked = redis.call('ZREVRANGE', KEYS[1], 0, n - 1, 'WITHSCORES')
+else
+  ranked = redis.call('ZRANGE', KEYS[1], 0, n - 1, 'WITHSCORES')
+end
+if #ranked == 0 then
+  return {ranked, {}, {}}
+end
+local agents = {}
+for i = 1, #ranked, 2 do
+  agents[#agents + 1] = ranked[i]
+end
+return {ranked, redis.call('HMGET', KEYS[2], unpack(agents)), redis.call('HMGET', KEYS[3], unpack(agents))}
 """
 
 
@@ -221,14 +250,17 @@ def record_run(target, run: dict) -> None:
         "updated_at": now.isoformat(),
     }
     flat = [str(x) for k, v in fields.items() if not _missing(v) for x in (k, v)]
-    keys = [_key("run", run_id), _key("agent", agent), _key("lb", "boards")]
-    args = [run_id, agent, board, repr((finished or now).timestamp()), len(METRICS)]
+    row = json.dumps({"run_id": run_id, "strategy": fields["strategy"], "mode": fields["mode"],
+                      **{m: score(metrics, m) for m in METRICS}, "finished_at": fields["finished_at"],
+                      "params": run.get("params") or {}}, default=str)
+    keys = [_key("run", run_id), _key("agent", agent), _key("lb", "boards"), _key("lb", "rows")]
+    args = [run_id, agent, board, repr((finished or now).timestamp()), len(METRICS), row]
     for metric, direction in METRICS.items():
         keys += [_key("lb", board, metric), _key("lb", board, "best", metric),
-                 _key("lb", board, "runs", metric, agent)]
+                 _key("lb", board, "runs", metric, agent), _key("lb", board, "rows", metric)]
         value = score(metrics, metric)
         args += ["" if value is None else repr(value), str(direction)]
-    client.register_script(_RECORD_LUA)(keys=keys, args=args + flat)
+    _script(client, _RECORD_LUA)(keys=keys, args=args + flat)
 
 
 def publish(target, run: dict | None) -> bool:
@@ -288,30 +320,56 @@ def top(metric: str = "sharpe", n: int = 10, board: str = "backtest", *, setting
     if not int(n) >= 1:
         raise ValueError(f"n is how many agents to show, at least 1; got {n!r}")
     client = _client(client, settings)
-    with client.pipeline(transaction=True) as pipe:
-        pipe.zrange(_key("lb", board, metric), 0, int(n) - 1, desc=METRICS[metric] == HIGHER,
-                    withscores=True)
-        pipe.hgetall(_key("lb", board, "best", metric))
-        ranked, best = pipe.execute()
-    best = {_text(k): _text(v) for k, v in best.items()}
-    agents = [(_text(a), s) for a, s in ranked]
-    with client.pipeline(transaction=False) as pipe:
-        for agent, _ in agents:
-            pipe.hgetall(_key("run", best.get(agent, "")))
-        runs = pipe.execute()
-    rows = []
-    for i, ((agent, value), run) in enumerate(zip(agents, runs), start=1):
-        run = {_text(k): _text(v) for k, v in run.items()}
-        metrics = json.loads(run.get("metrics") or "{}")
-        rows.append({"rank": i, "agent": agent, "score": float(value), "run_id": best.get(agent),
-                     "strategy": run.get("strategy"), "mode": run.get("mode"),
-                     **{m: _float(metrics.get(m)) for m in METRICS},
-                     "finished_at": pd.Timestamp(run["finished_at"]) if run.get("finished_at") else pd.NaT,
-                     "params": json.loads(run.get("params") or "{}")})
-    columns = ["rank", "agent", "score", "run_id", "strategy", "mode", *METRICS, "finished_at", "params"]
-    frame = pd.DataFrame(rows, columns=columns)
+    ranked, stored, best = _script(client, _TOP_LUA)(
+        keys=[_key("lb", board, metric), _key("lb", board, "rows", metric), _key("lb", board, "best", metric)],
+        args=[int(n), "1" if METRICS[metric] == HIGHER else "0"])
+    agents = [_text(ranked[i]) for i in range(0, len(ranked), 2)]
+    rows = [json.loads(row) if row else _row_of_run(client, _text(run_id) if run_id else "")
+            for row, run_id in zip(stored, best)]
+    # Column by column: a frame of 100 rows built from dicts costs more than the Redis round trip.
+    columns = {"rank": range(1, len(agents) + 1), "agent": agents,
+               "score": [float(ranked[i]) for i in range(1, len(ranked), 2)]}
+    for name in ("run_id", "strategy", "mode"):
+        columns[name] = [row.get(name) for row in rows]
+    for name in METRICS:
+        columns[name] = np.array([_float(row.get(name)) for row in rows], dtype="float64")
+    stamps = [row.get("finished_at") for row in rows]
+    columns["finished_at"] = _utc_stamps(stamps)
+    columns["params"] = [row.get("params") or {} for row in rows]
+    frame = pd.DataFrame(columns)
     frame.attrs.update(board=board, metric=metric)
     return frame
+
+
+def _utc(stamp: pd.Timestamp) -> pd.Timestamp:
+    return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
+
+
+def _utc_stamps(stamps: list) -> pd.DatetimeIndex:
+    # Runs on a board mostly share few distinct finish times: parse each once.
+    parsed = {t: _utc(pd.Timestamp(t)) for t in set(stamps) if t}
+    return pd.DatetimeIndex([parsed.get(t, pd.NaT) for t in stamps], dtype="datetime64[ns, UTC]")
+
+
+def _row_of_run(client, run_id: str) -> dict:
+    # Boards written before rows were kept: build the row from the run's hash.
+    run = {_text(k): _text(v) for k, v in client.hgetall(_key("run", run_id)).items()} if run_id else {}
+    metrics = json.loads(run.get("metrics") or "{}")
+    return {"run_id": run_id or None, "strategy": run.get("strategy"), "mode": run.get("mode"),
+            **{m: metrics.get(m) for m in METRICS}, "finished_at": run.get("finished_at"),
+            "params": json.loads(run.get("params") or "{}")}
+
+
+_SCRIPTS: dict = {}
+
+
+def _script(client, source: str):
+    # One registered script per client and source: registering hashes the source every time.
+    key = (id(client), source)
+    script = _SCRIPTS.get(key)
+    if script is None or script.registered_client is not client:
+        script = _SCRIPTS[key] = client.register_script(source)
+    return script
 
 
 def rank(agent: str, metric: str = "sharpe", board: str = "backtest", *, settings: Settings | None = None,

@@ -336,3 +336,17 @@ def test_a_paper_run_is_on_the_paper_board_while_it_runs(settings):
     assert running["status"] == "running" and json.loads(running["metrics"])["bars"] < 200
     final = leaderboard.top("total_return", board="paper", settings=settings).iloc[0]
     assert final.run_id == res.run_id and final.score == pytest.approx(res.metrics["total_return"])
+
+
+def test_top_reads_rows_kept_with_the_ranking_and_falls_back_to_run_hashes(client):
+    leaderboard.record_run(client, run("r1", "a", sharpe=1.0, total_return=0.1))
+    leaderboard.record_run(client, run("r2", "a", sharpe=2.0, total_return=0.05))
+    leaderboard.record_run(client, run("r3", "b", sharpe=1.5))
+    kept = leaderboard.top("sharpe", client=client)
+    assert list(kept.agent) == ["a", "b"] and list(kept.run_id) == ["r2", "r3"]
+    assert kept.total_return.iloc[0] == 0.05 and kept.params.iloc[0] == {"fast": 5}
+    assert str(kept.finished_at.dtype) == "datetime64[ns, UTC]"
+    # A board written before rows were kept beside it reads the same from the runs' hashes.
+    client.delete("farm:lb:backtest:rows:sharpe")
+    again = leaderboard.top("sharpe", client=client)
+    pd.testing.assert_frame_equal(again, kept)

@@ -5,6 +5,7 @@ database file exclusively, so nothing here keeps one open."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -58,8 +59,9 @@ class LocalStore:
         pattern = f"run_id={run_id}/part-*.parquet" if run_id else "run_id=*/part-*.parquet"
         return sorted(str(p) for p in self.fmel_dir.glob(pattern))
 
-    def connect(self, run_id: str | None = None) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with views ``fmel`` (deduplicated on record_id) and ``runs``."""
+    def connect(self, run_id: str | None = None, *, runs: bool = True) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with views ``fmel`` (deduplicated on record_id) and, unless ``runs`` is
+        False, ``runs`` (the whole registry, read for the occasion)."""
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         files = self._files(run_id)
@@ -71,15 +73,17 @@ class LocalStore:
             con.execute("CREATE VIEW fmel_raw AS SELECT * FROM fmel_empty")
         con.execute("CREATE VIEW fmel AS SELECT * FROM fmel_raw "
                     "QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY recorded_at DESC) = 1")
-        con.register("runs_frame", self.runs.frame().astype({c: "string" for c in schema.json_columns("runs")}))
-        con.execute("CREATE VIEW runs AS SELECT * FROM runs_frame")
+        if runs:
+            con.register("runs_frame", self.runs.frame().astype({c: "string" for c in schema.json_columns("runs")}))
+            con.execute("CREATE VIEW runs AS SELECT * FROM runs_frame")
         return con
 
     def fmel(self, run_id: str) -> pd.DataFrame:
         """All FMEL records of one run, in bar order."""
-        with self.connect(run_id) as con:
+        with self.connect(run_id, runs=False) as con:
             return con.execute("SELECT * FROM fmel ORDER BY bar_number").df()
 
     def sql(self, query: str, run_id: str | None = None) -> pd.DataFrame:
-        with self.connect(run_id) as con:
+        # The registry is read only for a query that may name it.
+        with self.connect(run_id, runs=re.search(r"\bruns\b", query, re.IGNORECASE) is not None) as con:
             return con.execute(query).df()

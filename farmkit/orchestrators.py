@@ -176,9 +176,10 @@ class LocalProcessOrchestrator:
         if alive:
             state = "stopping" if record.get("stop_requested_at") else (
                 "running" if paper.get("state") in ("live", "warming") else "starting")
+        elif exit_code == 0 or (exit_code is None and paper.get("state") == "stopped"):
+            state = "stopped"       # (exit code unknown: a runner an earlier API process started)
         else:
-            state = "stopped" if exit_code == 0 or record.get("stop_requested_at") and exit_code in (0, None) \
-                else "failed"
+            state = "failed"
         return {"agent": name, "state": state, "owner": record.get("owner"), "pid": record.get("pid"),
                 "started_at": record.get("started_at"), "exit_code": exit_code, "run_id": paper.get("run_id"),
                 "paper": paper}

@@ -227,12 +227,17 @@ def boards(ctx: Ctx, user: Me):
     return {"boards": leaderboard.boards(client=_redis(ctx)), "metrics": list(leaderboard.METRICS)}
 
 
-def _top(ctx: Context, board: str, metric: str, limit: int, offset: int) -> dict:
+def _json(model, value) -> bytes:
+    """``value`` checked against its response model and rendered once, for answers that are cached."""
+    return model.model_validate(value).model_dump_json().encode()
+
+
+def _top(ctx: Context, board: str, metric: str, limit: int, offset: int) -> bytes:
     client = _redis(ctx)
     frame = leaderboard.top(metric, n=offset + limit, board=board, client=client)
     total = int(client.zcard(f"farm:lb:{board}:{metric}"))
     rows = [_plain(r) for r in frame.iloc[offset:].to_dict("records")]
-    return _page(rows, max(total, offset + len(rows)), limit, offset)
+    return _json(Page[LeaderboardEntry], _page(rows, max(total, offset + len(rows)), limit, offset))
 
 
 @router.get("/leaderboard/{board}/top", response_model=Page[LeaderboardEntry], tags=["leaderboard"])
@@ -242,7 +247,7 @@ async def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "sharpe", limit
     key = (board, metric, limit, offset)
     page = ctx.caches["top"].get(key)
     if page is not None:
-        return page
+        return Response(page, media_type="application/json")
     # One computation per key at a time: when the cached answer expires under load, the requests
     # arriving meanwhile wait for it instead of each reading Redis and building the table again.
     pending = ctx.pending.get(key)
@@ -254,7 +259,7 @@ async def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "sharpe", limit
             if not done.cancelled() and done.exception() is None:
                 ctx.caches["top"].put(key, done.result())
         pending.add_done_callback(settle)
-    return await asyncio.shield(pending)
+    return Response(await asyncio.shield(pending), media_type="application/json")
 
 
 @router.get("/leaderboard/{board}/rank/{agent}", response_model=Rank, tags=["leaderboard"])
@@ -353,7 +358,7 @@ def _explain(ctx: Context, user: User, run_id: str, bar: int) -> dict:
     answer = {"run_id": run_id, "bar_number": table.attrs["bar_number"],
               "timestamp": _plain(table.attrs["timestamp"]), "rows": rows}
     if row.get("status") in FINISHED:       # a finished run's records never change
-        ctx.caches["explain"].put((run_id, bar), answer)
+        ctx.caches["explain"].put((run_id, bar), _json(Explanation, answer))
     return answer
 
 
@@ -362,8 +367,8 @@ async def explain(ctx: Ctx, user: Me, run_id: RunId, bar: Annotated[int, PathPar
     """One bar explained: the market, what the strategy knew, what it decided and why, what happened."""
     row = ctx.caches["runs"].get(run_id)
     answer = ctx.caches["explain"].get((run_id, bar)) if row is not None else None
-    if answer is not None and user.admin or answer is not None and _can_see_run(ctx, user, row):
-        return answer
+    if answer is not None and (user.admin or _can_see_run(ctx, user, row)):
+        return Response(answer, media_type="application/json")
     return await run_in_threadpool(_explain, ctx, user, run_id, bar)
 
 

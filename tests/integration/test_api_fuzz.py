@@ -3,7 +3,6 @@ no input gives a 5xx, and every response has a documented status, content type a
 The app is the real one (embedded store with a real backtest's FMEL, a real redis-server, agents in a
 folder, the local-process orchestrator); examples per operation are few to keep the file quick."""
 
-import shutil
 from pathlib import Path
 
 import pytest

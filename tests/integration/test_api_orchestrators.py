@@ -6,7 +6,6 @@ run) and the objects it is sent are checked with kubernetes-validate --strict.""
 
 import copy
 import json
-import shutil
 import time
 import uuid
 from pathlib import Path

@@ -19,6 +19,7 @@ _EPILOG = """examples:
   farm ingest --source synthetic --stocks AAPL,MSFT --speed 60    # market data onto the bus (FARM_BUS)
   farm archive                   # bars and news from the bus into the store
   farm deploy agents/sma-crossover --dry-run   # the agent's Kubernetes manifests
+  farm serve                     # the REST API on http://127.0.0.1:8000 (a token is printed)
   farm parity RUN_ID --strategy strategies.py:SmaCross
   farm leaderboard               # the best agents by Sharpe (Redis)
   farm runs                      # recent runs with their metrics
@@ -145,10 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--at", help="timestamp (UTC unless it says otherwise)")
     ex.set_defaults(handler=_explain)
 
+    from farmkit.api import register as register_serve
     from farmkit.deploy import register as register_deploy
     from ingester.cli import register as register_ingester
     register_ingester(sub)          # farm ingest, farm archive
     register_deploy(sub)            # farm deploy
+    register_serve(sub)             # farm serve
     return parser
 
 

@@ -8,8 +8,16 @@ adds the ``serve`` subcommand to the ``farm`` command; :mod:`farmkit.api.functio
 Functions entry point.
 """
 
-from farmkit.api.app import create_app
 from farmkit.api.serve import register, serve
 from farmkit.api.settings import ApiSettings
 
 __all__ = ["ApiSettings", "create_app", "register", "serve"]
+
+
+def __getattr__(name: str):
+    # FastAPI is the `api` extra: importing this package (as the `farm` command does, for `farm serve`'s
+    # help) must not need it; create_app does.
+    if name == "create_app":
+        from farmkit.api.app import create_app
+        return create_app
+    raise AttributeError(f"module 'farmkit.api' has no attribute {name!r}")

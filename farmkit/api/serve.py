@@ -30,9 +30,14 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def serve(args, environ=None, out=sys.stdout) -> int:
     """Run the API until Ctrl-C or SIGTERM."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from farmkit.api.app import create_app
+        from farmkit.api.app import create_app
+    except ImportError as exc:
+        from farmkit.errors import FarmError
+        raise FarmError(f"the REST API needs the api extra ({exc.name} is missing): "
+                        "pip install -e '.[api]' (or 'thefarm[api]')") from None
 
     settings = Settings.from_env(environ)
     api = ApiSettings.from_env(environ)

@@ -27,6 +27,10 @@ per-round percentiles are printed; the first ``--warmup`` seconds of a latency r
                      above against ``client`` (paired exactly, same process); ``added_p99_of_difference``
                      = p99(paper) - p99(raw). The publisher is farmkit's PubSubBus with its default
                      batching, in the parent process; its batching delay is in every figure alike.
+                     ``processing_{in_callback,to_strategy_thread,to_next}`` split ``added_processing``
+                     at the last bar's stamps (LiveFeed.put and _load are wrapped in that process):
+                     callback -> queued on its feed; -> returned by _load() on the strategy thread;
+                     -> next(). ``paper_switch_interval_ms``: the GIL switch interval during the run.
   idle_cpu_*         a waiting paper session (1 symbol, no bars) on ``memory://`` or the emulator:
                      process CPU time (all threads, user + system) / wall time = fraction of one core.
   throughput         ``--tp-symbols`` symbols x ``--tp-rate`` timestamps/s for ``--tp-seconds`` on
@@ -81,6 +85,7 @@ class Collector:
         self.samples: list[tuple[str, int, int]] = []
         self.expected = expected
         self.done = threading.Event()
+        self.switch_interval = None
 
     def add(self, symbol: str, published_us: int, now_us: int) -> None:
         self.samples.append((symbol, published_us, now_us))
@@ -99,6 +104,7 @@ def _stamp_strategy():
 
         def start(self):
             self._lens = [0] * len(self.datas)
+            COLLECTOR.switch_interval = sys.getswitchinterval()   # as fk.paper set it for the run
 
         def prenext(self):
             self._stamp()
@@ -252,11 +258,35 @@ class _StampingSubscriber:
         return self._inner.subscribe(path, callback=stamped, **options)
 
 
+def _stamp_feeds() -> dict:
+    """Stamps where a bar crosses from the bus client's thread to the strategy thread: ``queued`` when
+    the router hands it to its LiveFeed (after parsing and dedupe), ``loaded`` when the feed's
+    ``_load()`` returns it on the strategy thread. Rows are (symbol, publish µs, clock µs)."""
+    from farmkit.feeds import LiveFeed
+
+    stamps: dict = {"queued": [], "loaded": []}
+    put, load = LiveFeed.put, LiveFeed._load
+
+    def stamped_put(self, bar):
+        stamps["queued"].append((bar.symbol, int(bar.volume), _now_us()))
+        put(self, bar)
+
+    def stamped_load(self):
+        loaded = load(self)
+        if loaded:
+            stamps["loaded"].append((self._name, int(self.lines.volume[0]), _now_us()))
+        return loaded
+
+    LiveFeed.put, LiveFeed._load = stamped_put, stamped_load
+    return stamps
+
+
 def child_paper_pubsub(args) -> dict:
     """fk.paper on pubsub:// (the emulator); says ``ready`` once subscribed, ends after ``expected`` bars."""
     from farmkit.bus import open_bus
     from farmkit.paper import paper
 
+    stamps = _stamp_feeds()
     COLLECTOR.expected = args.expected
     stop = threading.Event()
     _stop_on_stdin(stop)
@@ -283,7 +313,8 @@ def child_paper_pubsub(args) -> dict:
                         duration=args.deadline, on_start=on_start)
     finally:
         bus.close()
-    return {"counts": dict(res.metrics["messages"]), "samples": COLLECTOR.samples, "callbacks": callbacks}
+    return {"counts": dict(res.metrics["messages"]), "samples": COLLECTOR.samples, "callbacks": callbacks,
+            "switch_interval": COLLECTOR.switch_interval, **stamps}
 
 
 def child_raw_pubsub(args) -> dict:
@@ -441,6 +472,27 @@ def _added_ms(samples, callbacks, since_us: int = 0) -> tuple[list[float], list[
     return per_message, [(recv - cb) / 1000 for recv, cb in last_callback.items()]
 
 
+def _stages_ms(result: dict, since_us: int) -> dict[str, list[float]]:
+    """``added_processing`` of each next() call split at the stamps of its last bar (the one whose
+    callback came last): ``in_callback`` = callback -> queued on its feed (router: parse, dedupe);
+    ``to_strategy_thread`` = queued -> returned by the feed's ``_load()`` on the strategy thread
+    (waking it, the GIL, the CPU, and loading the feeds ahead of it); ``to_next`` = that -> next()
+    (loading the feeds after it, backtrader's loop). The three add up to ``added_processing``."""
+    client, queued, loaded = (_first(result[k]) for k in ("callbacks", "queued", "loaded"))
+    calls: dict[int, list] = {}
+    for key, recv in _first(result["samples"]).items():
+        if key[1] >= since_us and key in client:
+            calls.setdefault(recv, []).append(key)
+    out: dict[str, list[float]] = {"in_callback": [], "to_strategy_thread": [], "to_next": []}
+    for recv, keys in calls.items():
+        last = max(keys, key=client.__getitem__)
+        if last in queued and last in loaded:
+            out["in_callback"].append((queued[last] - client[last]) / 1000)
+            out["to_strategy_thread"].append((loaded[last] - queued[last]) / 1000)
+            out["to_next"].append((recv - loaded[last]) / 1000)
+    return out
+
+
 def _from_last_publish_ms(samples) -> list[float]:
     """Per next() call: its clock minus the publish time of the last bar it received (bars of one
     timestamp reach next() together), i.e. latency once the timestamp's burst was complete."""
@@ -496,7 +548,9 @@ def emulator_latency(emulator_host: str, symbols: int, args) -> dict:
     lat = lambda arrivals: [(r - p) / 1000 for (s, p), r in arrivals.items() if p >= since]
     raw_lat, our_lat, client_lat = lat(raw), lat(ours), lat(client)
     added, processing = _added_ms(results["paper-pubsub"]["samples"], results["paper-pubsub"]["callbacks"], since)
-    return {"raw_p50": _pct(raw_lat, 50), "raw_p99": _pct(raw_lat, 99),
+    stages = {f"{name}_{q}": _pct(values, q) for name, values in _stages_ms(results["paper-pubsub"], since).items()
+              for q in (50, 99)}
+    return {**stages, "switch_interval": results["paper-pubsub"]["switch_interval"],"raw_p50": _pct(raw_lat, 50), "raw_p99": _pct(raw_lat, 99),
             "client_p50": _pct(client_lat, 50), "client_p99": _pct(client_lat, 99),
             "paper_p50": _pct(our_lat, 50), "paper_p99": _pct(our_lat, 99),
             "added_p50": _pct(added, 50), "added_p99": _pct(added, 99),
@@ -649,7 +703,11 @@ def _measure(args) -> list[tuple[str, object]]:
             lines += [("emulator_added_per_message_p50_ms", _median(rounds, "added_p50")),
                       ("emulator_added_per_message_p99_ms", _median(rounds, "added_p99")),
                       ("emulator_added_processing_p50_ms", _median(rounds, "processing_p50")),
-                      ("emulator_added_processing_max_ms", max(r["processing_max"] for r in rounds)),
+                      ("emulator_added_processing_max_ms", max(r["processing_max"] for r in rounds))]
+            lines += [(f"emulator_processing_{name}_p{q}_ms", _median(rounds, f"{name}_{q}"))
+                      for name in ("in_callback", "to_strategy_thread", "to_next") for q in (50, 99)]
+            interval = rounds[0]["switch_interval"]
+            lines += [("emulator_paper_switch_interval_ms", interval * 1000 if interval else "unknown"),
                       ("emulator_raw_lost", sum(r["raw_lost"] for r in rounds)),
                       ("emulator_paper_lost", sum(r["paper_lost"] for r in rounds)),
                       ("added_p99_of_difference_ms", _median(rounds, "added_p99_of_difference")),

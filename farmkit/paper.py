@@ -58,11 +58,17 @@ class PaperSession:
         self.stopping = threading.Event()
         self.committed = recorder.first_bar      # bar_number up to which FMEL is committed
         self.last_bar_at = None                  # wall time the last bar was accepted from the bus
-        self.last_bar_timestamp = None
+        self._last_bar = None                    # the last bar accepted (its timestamp is formatted on demand)
         self.state = "starting"
         self.handle = None                       # the bus subscription; replaced when it is made again
         self.resubscribe = None
         self.replay = None                       # a farmkit.replay.Replay publishing on the run's bus
+
+    @property
+    def last_bar_timestamp(self) -> str | None:
+        """Timestamp (ISO) of the last bar accepted from the bus."""
+        bar = self._last_bar
+        return None if bar is None else bar.timestamp.isoformat()
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -112,7 +118,7 @@ class _Journaled:
         now = time.time()
         self.arrivals.append((bar.timestamp.value, now))
         session = self._session[0]
-        session.last_bar_at, session.last_bar_timestamp = now, bar.timestamp.isoformat()
+        session.last_bar_at, session._last_bar = now, bar
         self.feed.put(bar)
 
     def stop_feed(self) -> None:

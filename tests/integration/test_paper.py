@@ -47,7 +47,7 @@ def test_live_feed_stamps_match_backtrader_bit_for_bit():
                          rng.integers(1_600_000_000_000_000, 1_800_000_000_000_000, 5000) * 1000])
     index = pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
     assert np.array_equal(np.array([date2num_ns(int(n)) for n in ns]), date2num(index))
-    for t in index[:200]:
+    for t in index[-200:]:   # whole microseconds: what a datetime holds
         assert date2num_ns(t.value) == bt.date2num(t.to_pydatetime())
 
 

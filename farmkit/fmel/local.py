@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 from farmkit.fmel import schema
 from farmkit.fmel.registry import RunRegistry
 
+ROW_GROUP_BARS = 8192
+
 
 class LocalStore:
     """``local://PATH``: FMEL under ``PATH/fmel/run_id=ID/part-NNNNNNNNNN.parquet``, runs in
@@ -50,7 +52,8 @@ class LocalStore:
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{first_bar:010d}.parquet"
         temporary = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, temporary, compression="zstd")
+        # Row groups of 8,192 bars: reading one bar (explain) decodes one group, not the whole run.
+        pq.write_table(table, temporary, compression="zstd", row_group_size=ROW_GROUP_BARS)
         os.replace(temporary, final)  # readers see the whole file or none of it
         return final
 
@@ -78,6 +81,28 @@ class LocalStore:
             con.execute("CREATE VIEW runs AS SELECT * FROM runs_frame")
         return con
 
+    def bar(self, run_id: str, bar: int) -> pd.DataFrame:
+        """The record of one bar of a run (empty if there is none), read from the one file that holds
+        it: files are named by their first bar, and their footers say their last."""
+        rows = []
+        for path in reversed(self._files(run_id)):
+            first = int(path.rsplit("part-", 1)[1].split(".")[0])
+            if first > bar:
+                continue
+            stats = _bar_range(path)
+            if stats is not None and not stats[0] <= bar <= stats[1]:
+                if stats[1] < bar:
+                    break      # files before this one end earlier still
+                continue
+            table = pq.read_table(path, filters=[("bar_number", "=", int(bar))])
+            if table.num_rows:
+                rows.append(table)
+        if not rows:
+            return schema.arrow_schema("fmel").empty_table().to_pandas()
+        frame = pa.concat_tables(rows, promote_options="default").to_pandas()
+        # A record written twice (a batch spilled and replayed under another name) counts once: the latest.
+        return frame.sort_values("recorded_at", ascending=False).drop_duplicates("record_id").reset_index(drop=True)
+
     def fmel(self, run_id: str) -> pd.DataFrame:
         """All FMEL records of one run, in bar order."""
         with self.connect(run_id, runs=False) as con:
@@ -87,3 +112,17 @@ class LocalStore:
         # The registry is read only for a query that may name it.
         with self.connect(run_id, runs=re.search(r"\bruns\b", query, re.IGNORECASE) is not None) as con:
             return con.execute(query).df()
+
+
+def _bar_range(path: str) -> tuple[int, int] | None:
+    """(min, max) bar_number of a Parquet file from its footer statistics; None if it has none."""
+    meta = pq.ParquetFile(path).metadata
+    column = meta.schema.names.index("bar_number")
+    low = high = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        low = stats.min if low is None else min(low, stats.min)
+        high = stats.max if high is None else max(high, stats.max)
+    return None if low is None else (int(low), int(high))

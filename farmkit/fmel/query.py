@@ -66,6 +66,8 @@ def record(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -
 
 
 def _bar(store, run_id: str, bar: int) -> pd.DataFrame:
+    if hasattr(store, "bar"):       # the embedded store reads the one file holding the bar
+        return store.bar(run_id, bar)
     # Filter, then keep one row per record_id: a record_id fixes its bar, so this equals filtering the
     # deduplicated ``fmel`` and reads one bar instead of numbering every record of the run.
     return store.sql(f"SELECT * FROM fmel_raw WHERE bar_number = {int(bar)} "

@@ -176,7 +176,6 @@ def next_stall(bars: int, delay: float, batch_bars: int) -> dict:
 def explain(runs: int, bars: int, calls: int) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     import farmkit as fk
     from farmkit.fmel.local import LocalStore
@@ -190,9 +189,7 @@ def explain(runs: int, bars: int, calls: int) -> dict:
             run_id = f"run{r:04d}"
             ids = pc.binary_join_element_wise(run_id + ":", pc.cast(template.column("bar_number"), pa.string()), "")
             table = template.set_column(0, "record_id", ids).set_column(1, "run_id", pa.array([run_id] * bars))
-            folder = store.fmel_dir / f"run_id={run_id}"
-            folder.mkdir()
-            pq.write_table(table, folder / "part-0000000000.parquet", compression="zstd")
+            store.write_fmel(table)      # as a backtest writes a run: one file, in the store's row groups
         generate = time.perf_counter() - start
         times = []
         for _ in range(calls):

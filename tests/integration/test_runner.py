@@ -50,6 +50,22 @@ def publish_on_start(bus, bars):
     return run
 
 
+def dying_store(farm_home, after: int):
+    """The embedded store, except that from batch ``after + 1`` on nothing reaches it: what a kill
+    after the ``after``-th commit leaves."""
+    store = open_store(farm_home.store)
+    real_write, batches = store.write_fmel, {"n": 0}
+
+    def write_fmel(table):
+        batches["n"] += 1
+        if batches["n"] > after:
+            raise OSError("the process is about to be killed")
+        return real_write(table)
+
+    store.write_fmel = write_fmel
+    return store
+
+
 def decisions(frame):
     return [[(d["action"], d.get("size")) for d in json.loads(x)] for x in frame.decisions]
 
@@ -63,17 +79,7 @@ def test_a_crashed_run_resumes_with_every_bar_once_and_no_order_twice(farm_home,
     history, live = data.iloc[:60], data.iloc[60:]
     live_bars = bars_of(live, "AAPL")
     state = tmp_path / "state"
-    store = open_store(farm_home.store)
-    real_write, batches = store.write_fmel, {"n": 0}
-
-    def dies_after_four_batches(table):
-        # From the fifth batch on nothing reaches the store: what a kill after the fourth commit leaves.
-        batches["n"] += 1
-        if batches["n"] > 4:
-            raise OSError("the process is about to be killed")
-        return real_write(table)
-
-    store.write_fmel = dies_after_four_batches
+    store = dying_store(farm_home, after=4)
     bus = open_bus("memory://")
     first = paper(TrackedCross, ["AAPL"], bus=bus, store=store, history=fk.Bars(AAPL=history), state_dir=state,
                   batch_bars=25, flush_seconds=1e9, max_bars=160, duration=60,
@@ -307,16 +313,7 @@ def test_a_multi_symbol_run_resumes_with_every_bar_of_every_symbol_once(farm_hom
         return out
 
     state = tmp_path / "state"
-    store = open_store(farm_home.store)
-    real_write, batches = store.write_fmel, {"n": 0}
-
-    def dies_after_four_batches(table):
-        batches["n"] += 1
-        if batches["n"] > 4:
-            raise OSError("the process is about to be killed")
-        return real_write(table)
-
-    store.write_fmel = dies_after_four_batches
+    store = dying_store(farm_home, after=4)
     bus = open_bus("memory://")
     first = paper(PairCross, ["AAPL", "MSFT"], bus=bus, store=store, history=history, state_dir=state,
                   batch_bars=25, flush_seconds=1e9, max_bars=160, duration=60,

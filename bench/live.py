@@ -267,9 +267,9 @@ def _stamp_feeds() -> dict:
     stamps: dict = {"queued": [], "loaded": []}
     put, load = LiveFeed.put, LiveFeed._load
 
-    def stamped_put(self, bar):
+    def stamped_put(self, bar, *ack):
         stamps["queued"].append((bar.symbol, int(bar.volume), _now_us()))
-        put(self, bar)
+        put(self, bar, *ack)
 
     def stamped_load(self):
         loaded = load(self)

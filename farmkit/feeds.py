@@ -4,12 +4,15 @@ millions of minute bars spends much of its time."""
 
 from __future__ import annotations
 
+import logging
 import queue
 from array import array
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 _UNIX_EPOCH_ORDINAL = 719163     # date(1970, 1, 1).toordinal()
 _NS_PER_DAY = 86_400_000_000_000
@@ -87,14 +90,24 @@ class LiveFeed(bt.feed.DataBase):
     Optional ``history`` (an OHLCV frame) is served first to prime the indicators, with the feed
     in DELAYED state; then it goes LIVE. ``_load`` blocks on the queue for at most ``qcheck``
     seconds, so a waiting runner sleeps instead of spinning.
+
+    A bar may come with its bus message's ``ack``: the strategy thread calls it the next time it
+    asks a feed for a bar, i.e. once the bar is in the line buffers and the strategy's ``next()`` for
+    it has run. Acking from the bus callback instead wakes the bus client's ack dispatch right when
+    the strategy thread needs the GIL to reach ``next()``. Feeds of one run share their list of
+    acks (:meth:`share_acks`): on an ordered subscription a symbol's next bar comes only after the
+    ack, so every bar taken is acked before the strategy thread waits on any feed, not just on its
+    own. :meth:`release_acks` acks the rest.
     """
 
     params = (("history", None), ("qcheck", 0.5))
+    takes_ack = True
 
     def __init__(self):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._history: list[tuple] = []
         self._state = None
+        self._acks: list = []       # acks of bars taken off the queue, called on the next _load
 
     def start(self):
         super().start()
@@ -114,9 +127,28 @@ class LiveFeed(bt.feed.DataBase):
     def haslivedata(self) -> bool:
         return bool(self._history) or not self._queue.empty()
 
-    def put(self, bar) -> None:
-        """Queue one bar (anything with timestamp, open, high, low, close, volume)."""
-        self._queue.put(bar)
+    def put(self, bar, ack=None) -> None:
+        """Queue one bar (anything with timestamp, open, high, low, close, volume); ``ack`` (no
+        arguments) is called once the strategy thread has taken the bar."""
+        self._queue.put(bar if ack is None else _Acked(bar, ack))
+
+    def share_acks(self, acks: list) -> None:
+        """Use ``acks`` (one list for every feed of a run) for the acks of bars taken."""
+        acks.extend(self._acks)
+        self._acks = acks
+
+    def release_acks(self) -> None:
+        """Ack every bar taken or still queued (the run is over: as if acked when queued)."""
+        acks = self._acks[:]
+        self._acks.clear()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if type(item) is _Acked:
+                acks.append(item.ack)
+        _ack_all(acks)
 
     def stop_feed(self) -> None:
         self._queue.put(STOP)
@@ -131,6 +163,10 @@ class LiveFeed(bt.feed.DataBase):
             self.put_notification(status)
 
     def _load(self):
+        if self._acks:
+            acks = self._acks[:]
+            self._acks.clear()
+            _ack_all(acks)
         if self._history:
             return self._fill(*self._history.pop())
         while True:
@@ -146,6 +182,9 @@ class LiveFeed(bt.feed.DataBase):
             if item is _BROKEN:
                 self._status(self.CONNBROKEN)
                 continue
+            if type(item) is _Acked:
+                self._acks.append(item.ack)
+                item = item.bar
             self._status(self.LIVE)
             return self._fill(date2num_ns(item.timestamp.value), item.open, item.high, item.low, item.close, item.volume)
 
@@ -159,3 +198,18 @@ class LiveFeed(bt.feed.DataBase):
 
 
 _BROKEN = object()
+
+
+def _ack_all(acks) -> None:
+    for ack in acks:
+        try:
+            ack()
+        except Exception as exc:  # noqa: BLE001 - an ack that fails is redelivered; the strategy goes on
+            log.warning("could not ack a bar (%s: %s); the bus will deliver it again", type(exc).__name__, exc)
+
+
+class _Acked:
+    __slots__ = ("bar", "ack")
+
+    def __init__(self, bar, ack):
+        self.bar, self.ack = bar, ack

@@ -108,18 +108,20 @@ class _Journaled:
     """A feed as the router sees it: a bar is journaled (and its arrival noted) before it is queued,
     and the router acks the message only after ``put`` returns."""
 
+    takes_ack = True
+
     def __init__(self, feed: LiveFeed, inbox: Inbox | None, session_ref: list, arrivals: deque):
         self.feed, self.inbox, self._session, self.arrivals = feed, inbox, session_ref, arrivals
         self.journal = True
 
-    def put(self, bar) -> None:
+    def put(self, bar, ack=None) -> None:
         if self.inbox is not None and self.journal:
             self.inbox.append(bar)
         now = time.time()
         self.arrivals.append((bar.timestamp.value, now))
         session = self._session[0]
         session.last_bar_at, session._last_bar = now, bar
-        self.feed.put(bar)
+        self.feed.put(bar, ack)
 
     def stop_feed(self) -> None:
         self.feed.stop_feed()
@@ -227,6 +229,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
                         peak=resume.peak)
     feeds = {s: LiveFeed(name=s, history=history.get(s), qcheck=qcheck,
                          timeframe=bt.TimeFrame.Minutes, compression=1) for s in symbols}
+    acks: list = []
+    for feed in feeds.values():
+        feed.share_acks(acks)
     inbox = Inbox(state_dir / "inbox.jsonl") if state_dir is not None else None
     session_ref: list = []
     arrivals = {s: deque() for s in symbols}
@@ -299,6 +304,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     def shut_down():
         session.state = "stopping"
         session.stop()
+        for feed in feeds.values():
+            feed.release_acks()   # every bar queued so far is acked, as if acked when queued
         updates.stop()
         if session.replay is not None:
             session.replay.stop()

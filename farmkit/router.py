@@ -39,14 +39,18 @@ class BarRouter:
         self._lock = threading.Lock()   # callbacks run on a thread pool
 
     def on_message(self, message) -> None:
-        """Bus callback: always acks (see the module's policy), after the bar is queued."""
+        """Bus callback: always acks (see the module's policy), after the bar is queued. A feed with
+        ``takes_ack`` receives the ack with its bar and acks once the strategy thread has taken it."""
+        handed = []
         try:
-            self.route(message.data, dict(message.attributes))
+            self.route(message.data, dict(message.attributes), ack=message.ack, handed=handed)
         finally:
-            message.ack()
+            if not handed:
+                message.ack()
 
-    def route(self, data: bytes, attributes: dict | None = None) -> str:
-        """Route one message; returns what was done with it (routed, duplicate, late, ...)."""
+    def route(self, data: bytes, attributes: dict | None = None, *, ack=None, handed: list | None = None) -> str:
+        """Route one message; returns what was done with it (routed, duplicate, late, ...). ``ack``
+        goes with a routed bar to a feed that ``takes_ack`` (then ``handed`` gets True)."""
         try:
             record = parse_message(data, attributes or {})
         except MalformedMessage as exc:
@@ -71,7 +75,12 @@ class BarRouter:
                 return self._count("late")
             seen.add(key)
             self._last[record.symbol] = record.timestamp
-            feed.put(record)
+            if ack is not None and getattr(feed, "takes_ack", False):
+                feed.put(record, ack)
+                if handed is not None:
+                    handed.append(True)
+            else:
+                feed.put(record)
         return self._count("routed")
 
     def _reject(self, data, attributes, reason: str) -> str:

@@ -51,6 +51,36 @@ def test_live_feed_stamps_match_backtrader_bit_for_bit():
         assert date2num_ns(t.value) == bt.date2num(t.to_pydatetime())
 
 
+def test_a_routed_bar_is_acked_once_the_strategy_thread_has_taken_it():
+    from types import SimpleNamespace
+
+    import backtrader as bt
+
+    from farmkit.feeds import LiveFeed
+    from farmkit.router import BarRouter
+
+    bars = bars_of(fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:3], "AAPL")
+    acked = []
+    message = lambda bar, n: SimpleNamespace(data=bar.to_wire(), attributes=bar.attributes(),
+                                             ack=lambda: acked.append(n))
+    feeds = {"AAPL": LiveFeed(name="AAPL", qcheck=0.0, timeframe=bt.TimeFrame.Minutes)}
+    feeds["AAPL"].share_acks(shared := [])
+    feeds["AAPL"].start()
+    router = BarRouter(feeds)
+    router.on_message(message(bars[0], 0))
+    router.on_message(message(bars[1], 1))
+    assert acked == []                          # queued, not yet taken by the strategy thread
+    router.on_message(message(bars[0], 2))      # a duplicate is acked at once
+    assert acked == [2]
+    feeds["AAPL"].forward()
+    assert feeds["AAPL"]._load() and acked == [2] and len(shared) == 1
+    feeds["AAPL"].forward()
+    assert feeds["AAPL"]._load() and acked == [2, 0]    # acked when the strategy thread asks again
+    router.on_message(message(bars[2], 3))
+    feeds["AAPL"].release_acks()                # the run is over: what was taken or queued is acked
+    assert sorted(acked) == [0, 1, 2, 3]
+
+
 def test_paper_on_memory_bus_decides_like_the_backtest(farm_home):
     data = fk.data.synthetic("AAPL", days=1, seed=5)
     history, live = data["AAPL"].iloc[:60], data["AAPL"].iloc[60:]

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import farmkit
-from farmkit.api.cache import TtlCache
+from farmkit.api.cache import RunRecords, TtlCache
 from farmkit.api.auth import AuthError, FirebaseAuth, KeyFetchError, LocalTokenAuth, SigningKeys, User, bearer
 from farmkit.api.models import ErrorBody, Health
 from farmkit.api.ratelimit import TokenBucket
@@ -64,6 +64,7 @@ class Context:
     caches: dict = field(default_factory=lambda: {
         "top": TtlCache(256, ttl=LEADERBOARD_SECONDS), "runs": TtlCache(4096), "explain": TtlCache(4096)})
     pending: dict = field(default_factory=dict)     # in-flight leaderboard computations by key
+    records: RunRecords = field(default_factory=RunRecords)   # finished runs' FMEL, for explain
 
 
 def context(request: Request) -> Context:

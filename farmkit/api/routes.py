@@ -350,8 +350,12 @@ def decisions(ctx: Ctx, user: Me, run_id: RunId, limit: Limit = 100, offset: Off
 
 def _explain(ctx: Context, user: User, run_id: str, bar: int) -> dict:
     row = _own_run(ctx, user, run_id, cached=True)
+    held = None
+    if row.get("status") in FINISHED:     # its records never change: read the run once, then look bars up
+        held = ctx.records.row(run_id, bar, lambda: ctx.store.fmel(run_id))
     try:
-        table = query.explain(run_id, bar=bar, store=ctx.store)
+        table = (query.explain_record(query.decoded(held)) if held is not None
+                 else query.explain(run_id, bar=bar, store=ctx.store))
     except KeyError as exc:
         raise ApiError(404, "not_found", str(exc.args[0]) if exc.args else str(exc)) from None
     rows = [{"section": s, "field": str(f), "value": str(v)} for (s, f), v in table["value"].items()]

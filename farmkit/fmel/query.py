@@ -59,8 +59,15 @@ def record(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -
         what = f"bar {bar}" if bar is not None else f"a bar at or before {timestamp}"
         raise KeyError(f"run {run_id} has no {what}; it has {count} bars (0..{count - 1})" if count
                        else f"no FMEL records for run {run_id!r}; fk.runs() lists the runs")
-    row = frame.iloc[0].to_dict()
-    for key in ("market_state", "strategy_state", "decisions", "actions", "performance"):
+    return decoded(frame.iloc[0].to_dict())
+
+
+JSON_FIELDS = ("market_state", "strategy_state", "decisions", "actions", "performance")
+
+
+def decoded(row: dict) -> dict:
+    """An FMEL row (a dict) with its JSON fields decoded."""
+    for key in JSON_FIELDS:
         row[key] = json.loads(row[key]) if isinstance(row[key], str) else row[key]
     return row
 
@@ -80,7 +87,11 @@ def explain(run_id: str, bar: int | None = None, timestamp=None, *, store=None) 
 
     >>> fk.fmel.explain(res.run_id, bar=1234)
     """
-    rec = record(run_id, bar, timestamp, store=store)
+    return explain_record(record(run_id, bar, timestamp, store=store))
+
+
+def explain_record(rec: dict) -> pd.DataFrame:
+    """:func:`explain`'s table for a record already at hand (a :func:`decoded` FMEL row)."""
     rows: list[tuple[str, str, object]] = []
     for symbol, ohlcv in (rec["market_state"] or {}).items():
         if isinstance(ohlcv, dict):
@@ -111,7 +122,7 @@ def explain(run_id: str, bar: int | None = None, timestamp=None, *, store=None) 
     for key, value in (rec["performance"] or {}).items():
         rows.append(("performance", key, _fmt(value)))
     table = pd.DataFrame(rows, columns=["section", "field", "value"])
-    table.attrs.update(run_id=run_id, bar_number=int(rec["bar_number"]), timestamp=rec["timestamp"])
+    table.attrs.update(run_id=rec["run_id"], bar_number=int(rec["bar_number"]), timestamp=rec["timestamp"])
     return table.set_index(["section", "field"])
 
 

@@ -169,6 +169,14 @@ def test_decisions_explain_and_compare(world, jwks):
     explained = client.get(f"/api/fmel/runs/{runs['a1']}/bars/{bar}", headers=headers(jwks)).json()
     assert explained["bar_number"] == bar
     assert any(r["section"] == "decision" and r["field"].startswith("buy") for r in explained["rows"])
+    # The run is now held whole; every other bar is a lookup, and reads as the store explains it.
+    store = fk.fmel.stores.open_store(world["settings"].store)
+    for other in (0, bar + 1, 389):
+        answer = client.get(f"/api/fmel/runs/{runs['a1']}/bars/{other}", headers=headers(jwks)).json()
+        table = fk.fmel.explain(runs["a1"], bar=other, store=store)
+        assert [(r["section"], r["field"], r["value"]) for r in answer["rows"]] == \
+            [(s, f, str(v)) for (s, f), v in table["value"].items()]
+    assert runs["a1"] in world["app"].state.farm.records._runs
     assert_error(client.get(f"/api/fmel/runs/{runs['a1']}/bars/999999", headers=headers(jwks)), 404, "not_found",
                  "has no bar 999999")
     compared = client.get("/api/fmel/compare", params={"run_a": runs["a1"], "run_b": runs["a2"]},

@@ -16,6 +16,9 @@ times; the medians of the rounds are printed):
                        round): every answer is computed by the store (``fk.fmel.explain``).
   explain_closed       closed loop over 50 bars, all asked once before: the API caches explanations of
   explain_open         finished runs (their records never change); open loop at ``--explain-rate``.
+  explain_cold_open    open loop at ``--explain-rate`` over the bars of a run nobody asked about before
+                       (another one each round; bars picked at random, so about a quarter repeat): the
+                       first request reads the run, the others look bars up in it.
 
 ``explain_uncached_inprocess_ms`` is the median cost of one ``fk.fmel.explain`` call on the store, timed
 in the seeding process with nothing else running in it. Latencies are in ms; ``errors`` counts non-200
@@ -66,6 +69,9 @@ def _environment(home: Path, redis: str | None) -> dict:
 
 # --- setting up ---------------------------------------------------------------------------------------
 
+COLD_RUNS = 3
+
+
 def _seed(agents: int) -> dict:
     """In the environment's FARM_HOME: a backtest to explain, and ``agents`` agents on the leaderboard."""
     import farmkit as fk
@@ -106,7 +112,11 @@ def _seed(agents: int) -> dict:
         began = time.perf_counter()
         fk.fmel.explain(res.run_id, bar=bar, store=res.store)
         costs.append((time.perf_counter() - began) * 1000)
-    return {"run_id": res.run_id, "bars": bars, "explain_ms": statistics.median(costs)}
+    # Runs nobody asks about before explain_cold_open: one per round.
+    fresh = [fk.backtest(Cross, fk.data.synthetic(["AAPL", "MSFT"], start="2024-01-02", days=5, freq="1min",
+                                                  seed=100 + i), settings=settings, agent_id="bench-cross").run_id
+             for i in range(COLD_RUNS)]
+    return {"run_id": res.run_id, "bars": bars, "explain_ms": statistics.median(costs), "fresh_runs": fresh}
 
 
 def _serve(port: int) -> None:
@@ -256,9 +266,12 @@ def main() -> None:
             _measure(base, top + warm, args.clients, min(2.0, seconds), None)
             for r in range(rounds):
                 cold = [f"/api/fmel/runs/{seeded['run_id']}/bars/{b}" for b in cold_pools[r]]
+                fresh = seeded["fresh_runs"][r % len(seeded["fresh_runs"])]
+                untouched = [f"/api/fmel/runs/{fresh}/bars/{b}" for b in range(seeded["bars"])]
                 for phase, paths, rate in (("leaderboard_closed", top, None), ("leaderboard_open", top, args.rate),
                                            ("explain_cold_closed", cold, None), ("explain_closed", warm, None),
-                                           ("explain_open", warm, args.explain_rate)):
+                                           ("explain_open", warm, args.explain_rate),
+                                           ("explain_cold_open", untouched, args.explain_rate)):
                     results.setdefault(phase, []).append(_measure(base, paths, args.clients, seconds, rate))
                     print(f"# round {r + 1}/{rounds} {phase}: {results[phase][-1]['rps']:.0f} req/s, "
                           f"p99 {results[phase][-1]['p99_ms']:.1f} ms", file=sys.stderr)

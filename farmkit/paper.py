@@ -313,6 +313,11 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         writer.close()
         assembler.close()
         recorder.close()
+        pending = store.close() if hasattr(store, "close") else None   # a cloud store writes what it spilled
+        if pending and pending.get("records"):
+            log.error("%d FMEL record(s) of run %s are still spilled under %s (%s); they are written the next "
+                      "time this store writes", pending["records"], run_id, getattr(store, "spill_dir", "?"),
+                      pending.get("last_error"))
         if own_bus:
             bus.close()
         if inbox is not None:
@@ -373,7 +378,9 @@ def _replay_drained(session: PaperSession) -> bool:
     replay = session.replay
     if not replay.finished.is_set():
         return False
-    if sum(session.router.counts.values()) < replay.published or any(feed.haslivedata() for feed in session.feeds.values()):
+    if sum(session.router.counts.values()) < replay.published:
+        return False
+    if any(feed.haslivedata() for feed in session.feeds.values()):
         return False
     return session.last_bar_at is None or time.time() - session.last_bar_at > 1.0
 

@@ -252,3 +252,31 @@ def test_a_refused_insert_is_spilled_at_once_and_written_once_allowed(store):
     refusing.failures = 0
     assert store.close()["records"] == 0
     assert list(store.fmel("refused").bar_number) == list(range(40))
+
+
+def test_a_paper_run_on_bigquery_writes_what_it_spilled_when_it_ends(store, farm_home):
+    from farmkit.bus import open_bus
+    from farmkit.paper import paper
+    from tests.integration.test_runner import publish_on_start
+    from tests.integration.test_paper import bars_of
+
+    data = fk.data.synthetic("AAPL", days=1, seed=9)["AAPL"]
+    real, calls = store.client.insert_rows_json, {"n": 0}
+
+    def away_for_a_while(table, rows, *args, **kwargs):
+        # BigQuery is unreachable while the last batch (bars 150..199) is written: it is spilled, and
+        # no later write comes to replay it; only the end of the run can.
+        if rows[0].get("bar_number") == 150 and calls["n"] < store.attempts:
+            calls["n"] += 1
+            raise ConnectionError("BigQuery is away")
+        return real(table, rows, *args, **kwargs)
+
+    store.client.insert_rows_json = away_for_a_while
+    bus = open_bus("memory://")
+    res = paper(Crossing, ["AAPL"], bus=bus, store=store, history=fk.Bars(AAPL=data.iloc[:60]), batch_bars=50,
+                flush_seconds=1e9, max_bars=200, duration=60,
+                on_start=publish_on_start(bus, bars_of(data.iloc[60:200], "AAPL")))
+    bus.close()
+    assert calls["n"] == store.attempts and store.stats["spilled"] == 50 and store.stats["replayed"] == 50
+    assert store.pending()["records"] == 0
+    assert list(store.fmel(res.run_id).bar_number) == list(range(200))

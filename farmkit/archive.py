@@ -260,12 +260,6 @@ def read_bars(home: str | os.PathLike):
     return frame if frame is not None else pd.DataFrame(columns=BAR_SCHEMA.names)
 
 
-def latest_bars(home: str | os.PathLike, symbols, n: int, *, before=None) -> "Bars":
-    """The last ``n`` archived minute bars of each symbol in the embedded archive under ``home``
-    (see :meth:`LocalArchive.latest_bars`)."""
-    return LocalArchive(home).latest_bars(symbols, n, before=before)
-
-
 def read_news(home: str | os.PathLike):
     """Every archived news version (one row per id and updated_at), through DuckDB."""
     import pandas as pd

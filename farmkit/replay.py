@@ -5,7 +5,7 @@ days, first open at the last close), so a paper run warmed up on the history goe
 a file (CSV or Parquet, as ``fk.data.load`` reads it) is replayed as it is. ``speed`` is a multiple of
 real time: minute bars at ``speed=60`` come one per second. Gaps (nights, weekends) are not waited for.
 
-    replay = Replay.from_spec("synthetic", ["AAPL", "MSFT"], bus, history=bars, speed=60).start()
+    replay = Replay(load_replay("synthetic", ["AAPL", "MSFT"], bars), bus, speed=60).start()
     ...
     replay.stop()
 """
@@ -92,11 +92,6 @@ class Replay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
-
-    @classmethod
-    def from_spec(cls, spec: str, symbols, bus, *, history: Bars | None = None, **options) -> "Replay":
-        return cls(load_replay(spec, list(symbols), history), bus, source="synthetic" if spec == "synthetic"
-                   else "replay", **options)
 
     def __len__(self) -> int:
         return sum(len(f) for f in self.bars.values())

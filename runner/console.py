@@ -20,6 +20,7 @@ from typing import TextIO
 
 import pandas as pd
 
+from farmkit.fmel.stores import open_store
 from farmkit.settings import Settings
 from runner.service import Runner
 
@@ -64,13 +65,14 @@ def run(agent_dir, settings: Settings, *, replay: str | None = None, speed: floa
           file=out, flush=True)
     deadline = time.monotonic() + duration if duration else None
     follow = Follow()
+    store = open_store(settings.store)       # the decisions are followed in the store the kernel writes
     runner.start()
     code = None
     try:
         while runner.kernel_running:
             if stop.wait(poll):
                 break
-            _show(runner, settings, follow, out)
+            _show(runner, store, follow, out)
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if bars is not None and follow.bars >= bars:
@@ -82,12 +84,12 @@ def run(agent_dir, settings: Settings, *, replay: str | None = None, speed: floa
     if code is None:
         print("stopping: flushing FMEL and saving the checkpoint...", file=out, flush=True)
         code = runner.shutdown()
-    _show(runner, settings, follow, out)
-    _summary(runner, settings, follow, out, code)
+    _show(runner, store, follow, out)
+    _summary(runner, store, follow, out, code)
     return code
 
 
-def _show(runner: Runner, settings: Settings, follow: Follow, out: TextIO) -> None:
+def _show(runner: Runner, store, follow: Follow, out: TextIO) -> None:
     status = runner.status()
     if status.get("updated_at", 0) < runner.started:
         return      # the status file of an earlier process
@@ -96,10 +98,9 @@ def _show(runner: Runner, settings: Settings, follow: Follow, out: TextIO) -> No
     if not follow.run_id:
         return
     from farmkit.fmel import decisions
-    from farmkit.fmel.stores import open_store
 
     try:
-        frame = decisions(follow.run_id, store=open_store(settings.store))
+        frame = decisions(follow.run_id, store=store)
     except Exception:   # noqa: BLE001 - nothing committed yet, or a batch being written: try again
         return
     frame = frame[frame["bar_number"] > follow.last_bar]
@@ -118,16 +119,14 @@ def _line(row) -> str:
             f"{size:>6}  {row.reason or ''}{confidence}")
 
 
-def _summary(runner: Runner, settings: Settings, follow: Follow, out: TextIO, code: int) -> None:
+def _summary(runner: Runner, store, follow: Follow, out: TextIO, code: int) -> None:
     status = runner.status()
     if not follow.run_id:
         print(f"the session did not start: {runner.error or 'no status written'}", file=out)
         return
     print(f"\nrun {follow.run_id}: {status.get('bars_processed', follow.bars)} bars, {follow.decisions} decisions, "
           f"{status.get('orders', 0)} orders, FMEL committed to bar {status.get('fmel_committed', 0)}", file=out)
-    from farmkit.fmel.stores import open_store
-
-    run = open_store(settings.store).runs.get(follow.run_id) or {}
+    run = store.runs.get(follow.run_id) or {}
     metrics = run.get("metrics") or {}
     if metrics:
         shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("total_return", "sharpe", "max_drawdown", "trades")

@@ -179,7 +179,7 @@ class FmelRecorder:
         self._fills: list[tuple[int, int, float, float]] = []  # (bar, symbol index, size, price)
         self._open_trades: dict[int, float] = {}   # trade ref -> largest |size| seen
         self._peak = -math.inf
-        self._duck = None
+        self._assembler: Assembler | None = None    # batches assembled in place, one connection for all
         self._position_carry = None
 
     # -- wiring ----------------------------------------------------------------------------------
@@ -483,16 +483,16 @@ class FmelRecorder:
         if not self.batch_bars:   # a backtest writes once at the end: a connection for that alone
             return batch.assemble()
         # Batches every second: opening a connection costs ~17 ms, more than the batch; keep one until close().
-        if self._duck is None:
-            self._duck = duckdb.connect()
-        return batch.assemble(self._duck)
+        if self._assembler is None:
+            self._assembler = Assembler()
+        return self._assembler(batch)
 
     def close(self) -> None:
         """Close the recorder's DuckDB connection. Left to the garbage collector, it could be freed
         in a forked child (a sweep worker), which DuckDB does not survive."""
-        if self._duck is not None:
-            self._duck.close()
-            self._duck = None
+        if self._assembler is not None:
+            self._assembler.close()
+            self._assembler = None
 
 
 class RecorderHook(bt.Analyzer):

@@ -24,13 +24,22 @@ per-round percentiles are printed; the first ``--warmup`` seconds of a latency r
                      rate): ``raw``: a bare ``SubscriberClient`` in its own process, callback = clock +
                      ack; ``client``: the same client's callback inside the fk.paper process; ``paper``:
                      publish -> next() in that process; ``added_per_message``/``added_processing`` as
-                     above against ``client`` (paired exactly, same process); ``added_p99_of_difference``
-                     = p99(paper) - p99(raw). The publisher is farmkit's PubSubBus with its default
-                     batching, in the parent process; its batching delay is in every figure alike.
-                     ``processing_{in_callback,to_strategy_thread,to_next}`` split ``added_processing``
-                     at the last bar's stamps (LiveFeed.put and _load are wrapped in that process):
-                     callback -> queued on its feed; -> returned by _load() on the strategy thread;
-                     -> next(). ``paper_switch_interval_ms``: the GIL switch interval during the run.
+                     above against ``client`` (paired exactly, same process). The publisher is farmkit's
+                     PubSubBus with its default batching, in the parent process; its batching delay is in
+                     every figure alike. ``processing_{in_callback,to_strategy_thread,to_next}`` split
+                     ``added_processing`` at the last bar's stamps (LiveFeed.put and _load are wrapped in
+                     that process): callback -> queued on its feed; -> returned by _load() on the strategy
+                     thread; -> next(). ``paper_switch_interval_ms``: the GIL switch interval.
+                     Run twice, each time on an emulator of its own. ``emulator_*``: the fk.paper process
+                     on a core of its own (the last CPU; the emulator, the publisher and the raw
+                     subscriber share the others), as in a runner pod, where Pub/Sub is not on its cores.
+                     ``emulator_shared_cores_*``: every process on every core. On a 2-core machine that
+                     puts the JVM's, the publisher's and the raw subscriber's bursts on the same cores at
+                     the very moments measured: the strategy thread, woken with its bars queued, waits in
+                     the kernel's run queue (/proc/thread-self/schedstat shows it) for milliseconds behind
+                     other processes. ``added_p99_of_difference`` = p99(paper) - p99(raw) of the shared
+                     run, where both subscribers run alike (in the other the raw one shares its cores with
+                     the emulator).
   idle_cpu_*         a waiting paper session (1 symbol, no bars) on ``memory://`` or the emulator:
                      process CPU time (all threads, user + system) / wall time = fraction of one core.
   throughput         ``--tp-symbols`` symbols x ``--tp-rate`` timestamps/s for ``--tp-seconds`` on
@@ -46,9 +55,9 @@ per-round percentiles are printed; the first ``--warmup`` seconds of a latency r
     python bench/live.py --quick    # CI size: 1 round x 2 s; throughput 20 symbols x 10 s
 
 Prints name=value lines; the headline, last, is ``added_latency_p99_ms`` = the emulator's
-``added_processing`` p99: what fk.paper adds between the Pub/Sub client's callback and next(). When java
-or the emulator jar is missing, the emulator part prints ``emulator=unavailable`` and the headline is
-``memory_1sym_p99_ms``.
+``added_processing`` p99 with fk.paper on its own core (on every core when the machine has one CPU):
+what fk.paper adds between the Pub/Sub client's callback and next(). When java or the emulator jar is
+missing, the emulator part prints ``emulator=unavailable`` and the headline is ``memory_1sym_p99_ms``.
 """
 
 from __future__ import annotations
@@ -502,7 +511,8 @@ def _from_last_publish_ms(samples) -> list[float]:
     return [(recv - pub) / 1000 for recv, pub in last.items()]
 
 
-def emulator_latency(emulator_host: str, symbols: int, args) -> dict:
+def emulator_latency(emulator_host: str, symbols: int, args, paper_cpus: set[int] | None = None) -> dict:
+    """One emulator round; ``paper_cpus``: the CPUs the fk.paper process runs on (default: any)."""
     from farmkit.bus import open_bus
 
     env, workdir = _env(emulator_host), args.workdir
@@ -511,7 +521,9 @@ def emulator_latency(emulator_host: str, symbols: int, args) -> dict:
     expected = ticks * symbols
     deadline = args.emulator_seconds + 60
     common = dict(topic=topic, expected=expected, deadline=deadline, symbols=symbols, qcheck=args.qcheck)
-    procs = {kind: _spawn(kind, workdir, env=env, ready=True, subscription=f"{topic}-{kind}", **common)
+    pinned = {"paper-pubsub": {"cpus": ",".join(map(str, sorted(paper_cpus)))} if paper_cpus else {}}
+    procs = {kind: _spawn(kind, workdir, env=env, ready=True, subscription=f"{topic}-{kind}", **common,
+                          **pinned.get(kind, {}))
              for kind in ("raw-pubsub", "paper-pubsub")}
     try:
         for kind, proc in procs.items():
@@ -605,6 +617,36 @@ def _emulator():
 _STARTED = time.perf_counter()
 
 
+def _emulator_available() -> tuple[bool, str]:
+    emulator, reason = _emulator()
+    return emulator is not None, reason
+
+
+def _emulator_rounds(args, paper_cpus: set[int] | None, other_cpus: set[int] | None) -> list[dict]:
+    """``--rounds`` emulator rounds on an emulator of their own. With ``paper_cpus``, the fk.paper
+    process runs there and this process, the emulator and the raw subscriber on ``other_cpus``;
+    without, the first round also carries the idle CPU of a paper session on the emulator."""
+    where = f"fk.paper on CPU {','.join(map(str, sorted(paper_cpus)))}" if paper_cpus else "every process on every CPU"
+    mine = os.sched_getaffinity(0)
+    if other_cpus:
+        os.sched_setaffinity(0, other_cpus)   # the emulator's JVM and the raw subscriber inherit it
+    try:
+        emulator, _ = _emulator()
+        with emulator:
+            _note(f"emulator ready on {emulator.host} ({where})")
+            rounds = []
+            for r in range(args.rounds):
+                rounds.append(emulator_latency(emulator.host, args.emulator_symbols, args, paper_cpus))
+                _note(f"emulator round {r + 1} ({where}): raw p99 {rounds[-1]['raw_p99']:.1f} ms, paper p99 "
+                      f"{rounds[-1]['paper_p99']:.1f} ms, added p99 {rounds[-1]['added_p99']:.2f} ms per message, "
+                      f"{rounds[-1]['processing_p99']:.2f} ms processing")
+            if not paper_cpus:
+                rounds[0]["idle_cpu"] = idle_cpu(f"pubsub://{PROJECT}", args, env=_env(emulator.host))
+    finally:
+        os.sched_setaffinity(0, mine)
+    return rounds
+
+
 def _note(text: str) -> None:
     print(f"# [{time.perf_counter() - _STARTED:5.1f} s] {text}", file=sys.stderr, flush=True)
 
@@ -634,9 +676,11 @@ def main() -> None:
         parser.add_argument(f"--{hidden}", type=int, help=argparse.SUPPRESS)
     for hidden in ("ticks-per-s", "drain", "deadline", "settle"):
         parser.add_argument(f"--{hidden}", type=float, help=argparse.SUPPRESS)
-    for hidden in ("topic", "subscription", "bus", "out"):
+    for hidden in ("topic", "subscription", "bus", "out", "cpus"):
         parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})   # before any thread starts
     if args.child:
         Path(args.out).write_text(json.dumps(CHILDREN[args.child](args)))
         return
@@ -681,39 +725,38 @@ def _measure(args) -> list[tuple[str, object]]:
     lines.append(("idle_cpu_memory_core_fraction", idle_cpu("memory://", args)))
     _note("idle memory done")
 
-    emulator, reason = (None, "--no-emulator") if args.no_emulator else _emulator()
     headline = None
-    if emulator is None:
+    available, reason = (False, "--no-emulator") if args.no_emulator else _emulator_available()
+    if not available:
         _note(f"emulator unavailable: {reason}")
         lines.append(("emulator", "unavailable"))
     else:
-        with emulator:
-            _note(f"emulator ready on {emulator.host}")
-            lines += [("emulator", "available"), ("emulator_rate_msgs_per_s", args.emulator_rate),
-                      ("emulator_symbols", args.emulator_symbols)]
-            rounds = []
-            for r in range(args.rounds):
-                rounds.append(emulator_latency(emulator.host, args.emulator_symbols, args))
-                _note(f"emulator round {r + 1}: raw p99 {rounds[-1]['raw_p99']:.1f} ms, paper p99 "
-                      f"{rounds[-1]['paper_p99']:.1f} ms, added p99 {rounds[-1]['added_p99']:.2f} ms per message, "
-                      f"{rounds[-1]['processing_p99']:.2f} ms processing")
-            lines.append(("emulator_publish_rate_msgs_per_s", _median(rounds, "publish_rate")))
-            for key in ("raw_p50", "raw_p99", "client_p50", "client_p99", "paper_p50", "paper_p99"):
-                lines.append((f"emulator_{key}_ms", _median(rounds, key)))
-            lines += [("emulator_added_per_message_p50_ms", _median(rounds, "added_p50")),
-                      ("emulator_added_per_message_p99_ms", _median(rounds, "added_p99")),
-                      ("emulator_added_processing_p50_ms", _median(rounds, "processing_p50")),
-                      ("emulator_added_processing_max_ms", max(r["processing_max"] for r in rounds))]
-            lines += [(f"emulator_processing_{name}_p{q}_ms", _median(rounds, f"{name}_{q}"))
-                      for name in ("in_callback", "to_strategy_thread", "to_next") for q in (50, 99)]
-            interval = rounds[0]["switch_interval"]
-            lines += [("emulator_paper_switch_interval_ms", interval * 1000 if interval else "unknown"),
-                      ("emulator_raw_lost", sum(r["raw_lost"] for r in rounds)),
-                      ("emulator_paper_lost", sum(r["paper_lost"] for r in rounds)),
-                      ("added_p99_of_difference_ms", _median(rounds, "added_p99_of_difference")),
-                      ("idle_cpu_pubsub_core_fraction",
-                       idle_cpu(f"pubsub://{PROJECT}", args, env=_env(emulator.host)))]
-            headline = ("added_latency_p99_ms", _median(rounds, "processing_p99"))
+        cpus = sorted(os.sched_getaffinity(0))
+        paper_cpus, other_cpus = ({cpus[-1]}, set(cpus[:-1])) if len(cpus) > 1 else (None, None)
+        shared = _emulator_rounds(args, None, None)
+        rounds = _emulator_rounds(args, paper_cpus, other_cpus) if paper_cpus else shared
+        lines += [("emulator", "available"), ("emulator_rate_msgs_per_s", args.emulator_rate),
+                  ("emulator_symbols", args.emulator_symbols),
+                  ("emulator_paper_cpus", ",".join(map(str, sorted(paper_cpus))) if paper_cpus else "shared"),
+                  ("emulator_other_cpus", ",".join(map(str, sorted(other_cpus))) if other_cpus else "shared")]
+        lines.append(("emulator_publish_rate_msgs_per_s", _median(rounds, "publish_rate")))
+        for key in ("raw_p50", "raw_p99", "client_p50", "client_p99", "paper_p50", "paper_p99"):
+            lines.append((f"emulator_{key}_ms", _median(rounds, key)))
+        lines += [("emulator_added_per_message_p50_ms", _median(rounds, "added_p50")),
+                  ("emulator_added_per_message_p99_ms", _median(rounds, "added_p99")),
+                  ("emulator_added_processing_p50_ms", _median(rounds, "processing_p50")),
+                  ("emulator_added_processing_max_ms", max(r["processing_max"] for r in rounds))]
+        lines += [(f"emulator_processing_{name}_p{q}_ms", _median(rounds, f"{name}_{q}"))
+                  for name in ("in_callback", "to_strategy_thread", "to_next") for q in (50, 99)]
+        interval = rounds[0]["switch_interval"]
+        lines += [("emulator_paper_switch_interval_ms", interval * 1000 if interval else "unknown"),
+                  ("emulator_raw_lost", sum(r["raw_lost"] for r in rounds + shared)),
+                  ("emulator_paper_lost", sum(r["paper_lost"] for r in rounds + shared)),
+                  ("added_p99_of_difference_ms", _median(shared, "added_p99_of_difference"))]
+        lines += [(f"emulator_shared_cores_{key}_ms", _median(shared, key))
+                  for key in ("raw_p99", "paper_p99", "processing_p50", "processing_p99")]
+        lines.append(("idle_cpu_pubsub_core_fraction", shared[0]["idle_cpu"]))
+        headline = ("added_latency_p99_ms", _median(rounds, "processing_p99"))
 
     tp = throughput(args)
     _note(f"throughput: {tp['processed']}/{tp['published']} bars, lag {tp['lag_end_ms']:.1f} ms")

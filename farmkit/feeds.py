@@ -91,13 +91,15 @@ class LiveFeed(bt.feed.DataBase):
     in DELAYED state; then it goes LIVE. ``_load`` blocks on the queue for at most ``qcheck``
     seconds, so a waiting runner sleeps instead of spinning.
 
-    A bar may come with its bus message's ``ack``: the strategy thread calls it the next time it
-    asks a feed for a bar, i.e. once the bar is in the line buffers and the strategy's ``next()`` for
-    it has run. Acking from the bus callback instead wakes the bus client's ack dispatch right when
-    the strategy thread needs the GIL to reach ``next()``. Feeds of one run share their list of
-    acks (:meth:`share_acks`): on an ordered subscription a symbol's next bar comes only after the
-    ack, so every bar taken is acked before the strategy thread waits on any feed, not just on its
-    own. :meth:`release_acks` acks the rest.
+    A bar may come with its bus message's ``ack``, called on the strategy thread once the bar is in
+    the line buffers and the strategy's ``next()`` for it has run: by default the next time a feed
+    is asked for a bar. Acking from the bus callback instead wakes the bus client's ack dispatch
+    right when the strategy thread needs the GIL to reach ``next()``. Feeds of one run share their
+    list of acks (:meth:`share_acks`): on an ordered subscription a symbol's next bar comes only
+    after the ack, so every bar taken is acked before the strategy thread waits on any feed, not
+    just on its own. With ``after_next`` the run acks them itself with :func:`ack_taken` right after
+    ``next()``: then none is acked while the bars of one timestamp are still being loaded, which
+    would wake the bus client's threads in the middle of it. :meth:`release_acks` acks the rest.
     """
 
     params = (("history", None), ("qcheck", 0.5))
@@ -108,6 +110,7 @@ class LiveFeed(bt.feed.DataBase):
         self._history: list[tuple] = []
         self._state = None
         self._acks: list = []       # acks of bars taken off the queue, called on the next _load
+        self._ack_on_load = True
 
     def start(self):
         super().start()
@@ -132,10 +135,13 @@ class LiveFeed(bt.feed.DataBase):
         arguments) is called once the strategy thread has taken the bar."""
         self._queue.put(bar if ack is None else _Acked(bar, ack))
 
-    def share_acks(self, acks: list) -> None:
-        """Use ``acks`` (one list for every feed of a run) for the acks of bars taken."""
+    def share_acks(self, acks: list, *, after_next: bool = False) -> None:
+        """Use ``acks`` (one list for every feed of a run) for the acks of bars taken. With
+        ``after_next``, ``_load`` leaves them to the run, which calls :func:`ack_taken` on the
+        strategy thread after each ``next()``."""
         acks.extend(self._acks)
         self._acks = acks
+        self._ack_on_load = not after_next
 
     def release_acks(self) -> None:
         """Ack every bar taken or still queued (the run is over: as if acked when queued)."""
@@ -163,10 +169,8 @@ class LiveFeed(bt.feed.DataBase):
             self.put_notification(status)
 
     def _load(self):
-        if self._acks:
-            acks = self._acks[:]
-            self._acks.clear()
-            _ack_all(acks)
+        if self._acks and self._ack_on_load:
+            ack_taken(self._acks)
         if self._history:
             return self._fill(*self._history.pop())
         while True:
@@ -198,6 +202,14 @@ class LiveFeed(bt.feed.DataBase):
 
 
 _BROKEN = object()
+
+
+def ack_taken(acks: list) -> None:
+    """Call and clear the acks a run's feeds collected (see :meth:`LiveFeed.share_acks`)."""
+    if acks:
+        taken = acks[:]
+        acks.clear()
+        _ack_all(taken)
 
 
 def _ack_all(acks) -> None:

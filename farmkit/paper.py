@@ -231,7 +231,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
                          timeframe=bt.TimeFrame.Minutes, compression=1) for s in symbols}
     acks: list = []
     for feed in feeds.values():
-        feed.share_acks(acks)
+        feed.share_acks(acks, after_next=True)
     inbox = Inbox(state_dir / "inbox.jsonl") if state_dir is not None else None
     session_ref: list = []
     arrivals = {s: deque() for s in symbols}
@@ -247,7 +247,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     cerebro = build_cerebro(strategy, list(feeds.values()), broker, recorder, params,
                             broker_instance=broker_instance,
                             hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
-                                                      arrivals=arrivals, on_start=_set_hook(session_ref)))])
+                                                      arrivals=arrivals, acks=acks,
+                                                      on_start=_set_hook(session_ref)))])
     session = PaperSession(run_id, feeds, router, recorder, writer=None, agent_id=agent_id, state_dir=state_dir)
     session_ref.append(session)
     session.cerebro = cerebro

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from farmkit.checkpoint import Checkpoint
+from farmkit.feeds import ack_taken
 from farmkit.fmel.recorder import Batch, FmelRecorder, num2ns
 
 META_KEY = b"farm.checkpoint"
@@ -114,9 +115,10 @@ class SessionHook(bt.Analyzer):
     """Sees every bar before the recorder. On a resumed run it replays the warm-up bars with the
     broker gated (orders are cancelled before they reach it: they were placed before the restart),
     restores the broker at the checkpoint bar, and then steps aside. Always: counts orders and
-    measures the lag from a bar's arrival to the end of its decision."""
+    measures the lag from a bar's arrival to the end of its decision, and acks the bars the
+    decision was made on (``acks``, the feeds' shared list: see :meth:`LiveFeed.share_acks`)."""
 
-    params = (("recorder", None), ("resume", None), ("arrivals", None), ("on_start", None))
+    params = (("recorder", None), ("resume", None), ("arrivals", None), ("on_start", None), ("acks", None))
 
     def start(self):
         self.orders = 0
@@ -170,6 +172,8 @@ class SessionHook(bt.Analyzer):
             self.orders += 1
 
     def next(self):
+        if self.p.acks:
+            ack_taken(self.p.acks)
         if self.replaying:
             if self._stamps() == self._after:      # the checkpoint's own bar: live from the next one
                 self._end_replay(restore_orders=True)

@@ -130,7 +130,9 @@ class Assembler:
         if batch is None:
             return item
         if self._con is None:
-            self._con = duckdb.connect()
+            # One DuckDB thread: small batches gain nothing from more, and a paper run's strategy
+            # thread needs a free core more than the assembly does.
+            self._con = duckdb.connect(config={"threads": 1})
         return batch.assemble(self._con)
 
     def close(self) -> None:

@@ -4,7 +4,9 @@ loses nothing — batches are spilled to local disk and written again later."""
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -16,6 +18,7 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 _STOP = object()
+WRITER_NICE = 10   # the writer thread's nice value (background work: it only has to keep up)
 
 
 class BatchWriter:
@@ -57,6 +60,7 @@ class BatchWriter:
         return left
 
     def _run(self) -> None:
+        _yield_to_other_threads()
         next_retry = time.monotonic() + self.retry_every
         while True:
             try:
@@ -109,3 +113,15 @@ class BatchWriter:
                 return
             path.unlink()
             self.written += 1
+
+
+def _yield_to_other_threads() -> None:
+    """Lower the calling thread's CPU priority (Linux: nice is per thread), so that when the cores
+    are busy the strategy thread runs first and the writer catches up afterwards."""
+    if not sys.platform.startswith("linux"):
+        return   # elsewhere PRIO_PROCESS with a thread id would lower the whole process
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), WRITER_NICE))
+    except OSError as exc:
+        log.debug("could not lower the FMEL writer's priority: %s", exc)

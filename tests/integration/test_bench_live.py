@@ -34,7 +34,8 @@ def test_prints_name_value_lines_with_the_headline_last(report):
     if values["emulator"] == "available":
         numbers += ["emulator_raw_p50_ms", "emulator_raw_p99_ms", "emulator_client_p99_ms", "emulator_paper_p50_ms",
                     "emulator_paper_p99_ms", "emulator_added_per_message_p99_ms", "added_p99_of_difference_ms",
-                    "idle_cpu_pubsub_core_fraction", "emulator_paper_switch_interval_ms"]
+                    "idle_cpu_pubsub_core_fraction", "emulator_paper_switch_interval_ms",
+                    "emulator_shared_cores_raw_p99_ms", "emulator_shared_cores_processing_p99_ms"]
         numbers += [f"emulator_processing_{stage}_p{q}_ms" for stage in ("in_callback", "to_strategy_thread", "to_next")
                     for q in (50, 99)]
     for key in numbers:

@@ -81,6 +81,71 @@ def test_a_routed_bar_is_acked_once_the_strategy_thread_has_taken_it():
     assert sorted(acked) == [0, 1, 2, 3]
 
 
+def test_with_acks_after_next_the_feed_leaves_them_to_the_run():
+    import backtrader as bt
+
+    from farmkit.feeds import LiveFeed, ack_taken
+
+    bars = bars_of(fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:2], "AAPL")
+    acked = []
+    feed = LiveFeed(name="AAPL", qcheck=0.0, timeframe=bt.TimeFrame.Minutes)
+    feed.share_acks(shared := [], after_next=True)
+    feed.start()
+    for n, bar in enumerate(bars):
+        feed.put(bar, lambda n=n: acked.append(n))
+    feed.forward()
+    assert feed._load() and feed.forward() is None and feed._load()
+    assert acked == [] and len(shared) == 2     # taken, not acked: next() has not run for them
+    ack_taken(shared)
+    assert acked == [0, 1] and shared == []
+
+
+class AckWatcher(TrackedCross):
+    """Notes, in next(), whether the bars it decides on and those of the previous next() are acked
+    (``acked``: (symbol, naive UTC time) of each ack, filled from the bus's side)."""
+
+    acked: set = set()
+    seen: list = []
+
+    def next(self):
+        now = [(d._name, d.datetime.datetime(0)) for d in self.datas]
+        previous = self.seen[-1][0] if self.seen else []
+        self.seen.append((now, not any(k in self.acked for k in now), all(k in self.acked for k in previous)))
+        super().next()
+
+
+def test_a_paper_run_acks_the_bars_of_a_decision_right_after_it(farm_home):
+    import dataclasses
+
+    from farmkit.model import parse_message
+
+    data = fk.data.synthetic(["AAPL", "MSFT"], days=1, seed=5)
+    bus = open_bus("memory://")
+    lock, subscribe = threading.Lock(), bus.subscribe
+
+    def acking(subscription, callback, **options):
+        def wrapped(message):
+            bar = parse_message(message.data, message.attributes)
+
+            def ack(inner=message._ack):
+                with lock:
+                    AckWatcher.acked.add((bar.symbol, bar.timestamp.tz_convert(None).to_pydatetime()))
+                inner()
+            callback(dataclasses.replace(message, _ack=ack))
+        return subscribe(subscription, wrapped, **options)
+
+    bus.subscribe = acking
+    AckWatcher.acked, AckWatcher.seen = set(), []
+    live = [b for t in range(60) for s in ("AAPL", "MSFT") for b in bars_of(data[s].iloc[t:t + 1], s)]
+    res = paper(AckWatcher, ["AAPL", "MSFT"], bus=bus, max_bars=60, duration=60,
+                on_start=publisher(bus, live, threading.Event()), batch_bars=50)
+    assert res.metrics["messages"]["routed"] == 120 and len(AckWatcher.acked) == 120   # all acked in the end
+    decided = [(now, unacked, previous) for now, unacked, previous in AckWatcher.seen]
+    assert len(decided) > 10
+    assert all(unacked for _, unacked, _ in decided)       # not acked before next() has seen them
+    assert all(previous for _, _, previous in decided)     # acked before the next decision
+
+
 def test_paper_on_memory_bus_decides_like_the_backtest(farm_home):
     data = fk.data.synthetic("AAPL", days=1, seed=5)
     history, live = data["AAPL"].iloc[:60], data["AAPL"].iloc[60:]

@@ -61,3 +61,20 @@ def test_failures_before_and_after_assembly_are_spilled_and_written_once(raw_bat
     numbers = sorted(n for t in written for n in t.column("bar_number").to_pylist())
     assert numbers == list(range(200))
     assert all(t.schema.names == fk.fmel.schema.names("fmel") for t in written)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_writer_thread_runs_at_a_lower_priority_than_the_strategy_thread(tmp_path):
+    import os
+    import threading
+
+    from farmkit.fmel.writer import WRITER_NICE
+
+    seen = []
+    me = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    writer = BatchWriter(lambda table: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+                         tmp_path / "spill")
+    writer.put(pa.table({"x": [1]}))
+    assert writer.close() == 0
+    assert seen == [max(me, WRITER_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == me   # only the writer's own thread

@@ -735,6 +735,7 @@ def _measure(args) -> list[tuple[str, object]]:
         paper_cpus, other_cpus = ({cpus[-1]}, set(cpus[:-1])) if len(cpus) > 1 else (None, None)
         shared = _emulator_rounds(args, None, None)
         rounds = _emulator_rounds(args, paper_cpus, other_cpus) if paper_cpus else shared
+        every = rounds + shared if rounds is not shared else shared
         lines += [("emulator", "available"), ("emulator_rate_msgs_per_s", args.emulator_rate),
                   ("emulator_symbols", args.emulator_symbols),
                   ("emulator_paper_cpus", ",".join(map(str, sorted(paper_cpus))) if paper_cpus else "shared"),
@@ -750,8 +751,8 @@ def _measure(args) -> list[tuple[str, object]]:
                   for name in ("in_callback", "to_strategy_thread", "to_next") for q in (50, 99)]
         interval = rounds[0]["switch_interval"]
         lines += [("emulator_paper_switch_interval_ms", interval * 1000 if interval else "unknown"),
-                  ("emulator_raw_lost", sum(r["raw_lost"] for r in rounds + shared)),
-                  ("emulator_paper_lost", sum(r["paper_lost"] for r in rounds + shared)),
+                  ("emulator_raw_lost", sum(r["raw_lost"] for r in every)),
+                  ("emulator_paper_lost", sum(r["paper_lost"] for r in every)),
                   ("added_p99_of_difference_ms", _median(shared, "added_p99_of_difference"))]
         lines += [(f"emulator_shared_cores_{key}_ms", _median(shared, key))
                   for key in ("raw_p99", "paper_p99", "processing_p50", "processing_p99")]

@@ -10,6 +10,12 @@ from contextlib import contextmanager
 import backtrader as bt
 
 
+class FreshPerBar(dict):
+    """A tracked dict made anew for each bar and not changed after it: recorded without a copy."""
+
+    __slots__ = ()
+
+
 class Strategy(bt.Strategy):
     """Write strategies as with backtrader, and say why.
 
@@ -42,7 +48,8 @@ class Strategy(bt.Strategy):
         """Record these lines (indicators) or plain values in the strategy state of every bar.
 
         Lines are read at each bar; plain values are recorded as last set, so call ``track`` again in
-        ``next()`` to update them.
+        ``next()`` to update them. A value that can change in place (a dict, a list, an object) is
+        recorded as a copy taken at each bar: mutating it later does not rewrite earlier bars.
         """
         self.tracked.update(values)
 
@@ -62,7 +69,8 @@ class Strategy(bt.Strategy):
         met = value == value and self._OPS[op](value, threshold)   # NaN (warm-up) is never met
         conditions = self.tracked.get("conditions")
         if conditions is None or getattr(self, "_fk_conditions_bar", None) != len(self):
-            conditions = self.tracked["conditions"] = {}   # a fresh dict per bar: earlier bars keep theirs
+            # a fresh dict per bar: earlier bars keep theirs, so the recorder need not copy it
+            conditions = self.tracked["conditions"] = FreshPerBar()
             self._fk_conditions_bar = len(self)
         conditions[name] = {"value": value if value == value else None, "op": op, "threshold": threshold,
                             "met": bool(met)}

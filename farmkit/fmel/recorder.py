@@ -8,6 +8,7 @@ becomes canonical FMEL rows (schema in `farmkit/schemas/fmel.json`) in one vecto
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from farmkit.fmel import schema
+from farmkit.strategy import FreshPerBar
 
 _STATUS = {bt.Order.Submitted: "submitted", bt.Order.Accepted: "accepted", bt.Order.Partial: "partial",
            bt.Order.Completed: "filled", bt.Order.Canceled: "cancelled", bt.Order.Expired: "expired",
@@ -57,6 +59,18 @@ def _json_default(value):
 
 def _dumps(value) -> str:
     return json.dumps(value, default=_json_default, allow_nan=False) if _finite(value) else "null"
+
+
+# Tracked values recorded as they are: immutable, or (FreshPerBar) made anew for each bar.
+_AS_IS = (int, float, str, bytes, type(None), np.generic, FreshPerBar)
+
+
+def _snapshot(value):
+    """A tracked value as it is now: a deep copy of what could change in place later."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 - what cannot be copied is recorded as it is at the end
+        return value
 
 
 def _finite(value) -> bool:
@@ -264,7 +278,8 @@ class FmelRecorder:
             if len(tracked) != self._ntracked:
                 self._retrack()
             for name, column in self._plain.items():
-                column.append(tracked[name])
+                value = tracked[name]
+                column.append(value if isinstance(value, _AS_IS) else _snapshot(value))
         noted = getattr(strategy, "_fk_decisions", None)
         if noted:
             self.decisions[self.bars].extend(noted)

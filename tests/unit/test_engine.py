@@ -120,6 +120,30 @@ class TrackedCross(fk.Strategy):
             self.close(reason="fast below slow")
 
 
+class MutatingState(fk.Strategy):
+    """Tracks a dict and a list once, then changes them in place on every bar."""
+
+    def start(self):
+        self.state, self.closes = {"bars": 0}, []
+        self.track(state=self.state, closes=self.closes)
+
+    def next(self):
+        self.state["bars"] += 1
+        self.closes.append(round(self.data.close[0], 4))
+        del self.closes[:-2]
+        self.condition("close above 0", self.data.close[0], ">", 0)
+
+
+def test_a_tracked_value_changed_in_place_is_recorded_as_it_was_at_each_bar(farm_home, minute_bars):
+    frame = minute_bars["AAPL"].iloc[:30]
+    res = fk.backtest(MutatingState, fk.Bars(AAPL=frame))
+    tracked = [json.loads(s)["tracked"] for s in fk.fmel.load(res.run_id).strategy_state]
+    assert [t["state"]["bars"] for t in tracked] == list(range(1, 31))
+    closes = [round(c, 4) for c in frame.close]
+    assert [t["closes"] for t in tracked] == [closes[max(0, k - 1):k + 1] for k in range(30)]
+    assert all(t["conditions"]["close above 0"]["met"] for t in tracked)
+
+
 def test_fmel_has_one_complete_record_per_bar(farm_home, minute_bars):
     res = fk.backtest(TrackedCross, minute_bars, cash=100_000, commission=0.0005)
     records = fk.fmel.load(res.run_id)

@@ -36,6 +36,47 @@ class NotebookRun:
     run: dict
 
 
+_IPC_RUNTIME_DIR_MAX = 55   # a kernel's sockets are named <runtime dir>/kernel-<uuid>-ipc-<n> (Unix limit: 107)
+
+
+def kernel_manager_class() -> type:
+    """The kernel manager papermill and sweeps start kernels with: the kernel's channels are Unix
+    sockets beside its connection file (in Jupyter's private runtime folder), not TCP ports on
+    localhost that anyone on the machine can reach (ipykernel warns about those on every start).
+    TCP where Unix sockets are not available or the runtime folder's path is too long for them."""
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    global _IPC_KERNEL_MANAGER
+    if os.name != "posix" or len(jupyter_runtime_dir()) > _IPC_RUNTIME_DIR_MAX:
+        return AsyncKernelManager
+    if _IPC_KERNEL_MANAGER is None:
+        import uuid
+
+        from jupyter_core.utils import ensure_dir_exists
+        from traitlets import CaselessStrEnum, default
+
+        class IpcKernelManager(AsyncKernelManager):
+            transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+            @default("ip")
+            def _ip_default(self):
+                # Beside the connection file, or (no file chosen yet) a name of its own in the
+                # runtime folder: jupyter_client's "kernel-ipc" in the working folder would be
+                # shared by every kernel started there.
+                if self.connection_file:
+                    return os.path.splitext(self.connection_file)[0] + "-ipc"
+                runtime = jupyter_runtime_dir()
+                ensure_dir_exists(runtime, 0o700)
+                return os.path.join(runtime, f"kernel-{uuid.uuid4()}-ipc")
+
+        _IPC_KERNEL_MANAGER = IpcKernelManager
+    return _IPC_KERNEL_MANAGER
+
+
+_IPC_KERNEL_MANAGER: type | None = None
+
+
 def parameters(path: str | Path) -> dict:
     """The defaults in a notebook's cell tagged ``parameters``.
 
@@ -143,7 +184,8 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
         with _environment(FARM_RUN_ID=run_id, FARM_HOME=settings.home, FARM_STORE=settings.store,
                           FARM_PROGRESS="off"):
             papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
-                                       language="python", cwd=str(path.parent), progress_bar=progress, log_output=False)
+                                       language="python", cwd=str(path.parent), progress_bar=progress, log_output=False,
+                                       kernel_manager_class=kernel_manager_class())
     except PapermillExecutionError as exc:
         message = _cell_failed(store, run_id, path, started, exc)
         raise NotebookError(f"{message}\nrun {run_id} is recorded as failed; the executed notebook is {output}",
@@ -246,9 +288,7 @@ class _Kernel:
         if self.km is not None and not run_sync(self.km.is_alive)():
             self.shutdown()
         if self.km is None:
-            from jupyter_client import AsyncKernelManager
-
-            km = AsyncKernelManager(kernel_name="python3")
+            km = kernel_manager_class()(kernel_name="python3")
             run_sync(km.start_kernel)(cwd=str(self.cwd), env=self.env,
                                       extra_arguments=["--HistoryManager.hist_file=:memory:"])
             kc = km.client()

@@ -85,11 +85,13 @@ class Runner:
     def _execute(self) -> None:
         import papermill
 
+        from farmkit.notebooks import kernel_manager_class
+
         try:
             papermill.execute_notebook(str(self.notebook), str(self.state_dir / "executed.ipynb"),
                                        parameters=self.parameters(), kernel_name=self.kernel_name,
                                        language="python", cwd=str(self.agent_dir), progress_bar=False,
-                                       log_output=False)
+                                       log_output=False, kernel_manager_class=kernel_manager_class())
         except BaseException as exc:   # noqa: BLE001 - reported by run() and in /readyz
             self.error = f"{type(exc).__name__}: {exc}"
             if not self._stopping:

@@ -29,11 +29,12 @@ def test_command_line_values_take_the_default_type():
         notebooks.coerce({"fast": "five"}, defaults)
 
 
-def test_farm_backtest_runs_the_notebook(farm_home, capsys):
+def test_farm_backtest_runs_the_notebook(farm_home, capfd):
     code = cli.main(["backtest", str(SMA), "-p", "fast", "5", "-p", "slow", "20", "-p", "days", "3",
                      "--no-progress"])
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()   # file descriptors: the kernel process writes to the same stderr
     assert code == 0, out
+    assert "without encryption" not in err   # the kernel's channels are Unix sockets, not open TCP ports
     run = fk.runs().iloc[-1]
     assert run.status == "done" and run.params == {"fast": 5, "slow": 20, "size": 100}
     assert f"run {run.run_id}" in out and "Sharpe ratio" in out
@@ -91,11 +92,12 @@ def test_farm_promote_command(farm_home, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-def test_farm_sweep_runs_one_registered_trial_per_grid_point(farm_home, capsys):
+def test_farm_sweep_runs_one_registered_trial_per_grid_point(farm_home, capfd):
     code = cli.main(["sweep", str(SMA), "--grid", "fast=3,5", "--grid", "slow=20", "--grid", "days=2",
                      "--workers", "2", "--no-progress"])
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     assert code == 0, out
+    assert "without encryption" not in err
     runs = fk.runs()
     trials = runs[runs.sweep_id.notna()]
     assert len(trials) == 2 and trials.sweep_id.nunique() == 1 and (trials.status == "done").all()

@@ -134,10 +134,38 @@ def _minmax_positions(values: np.ndarray, max_points: int) -> np.ndarray:
     return keep[keep < n]
 
 
-def _line(series: pd.Series, name: str, max_points: int, **style) -> go.Scatter | go.Scattergl:
+def _breaks(index: pd.DatetimeIndex) -> list[dict]:
+    """plotly rangebreaks for the stretches with no bar (nights, weekends, holidays), found in the
+    data: every gap longer than an hour and than 1.5 bars. A market that never closes has none."""
+    if len(index) < 3:
+        return []
+    ns = index.asi8
+    diffs = np.diff(ns)
+    spacing = int(np.median(diffs))
+    if spacing <= 0:
+        return []
+    gap = diffs > max(1.5 * spacing, 3_600 * 10**9)
+    by_size: dict[int, list[int]] = {}
+    for start, size in zip(ns[:-1][gap] + spacing, diffs[gap] - spacing):
+        by_size.setdefault(int(size), []).append(int(start))   # plotly sizes all values of a break alike
+    return [dict(values=pd.to_datetime(starts).strftime("%Y-%m-%d %H:%M:%S.%f").tolist(), dvalue=size / 1e6)
+            for size, starts in sorted(by_size.items())]
+
+
+def _percent_format(drawdown: pd.Series) -> str:
+    """A tick format with the decimals the drawdown's depth needs, so labels never repeat: -20%,
+    -0.5%, -0.02%."""
+    deepest = float(np.nanmax(np.abs(drawdown.to_numpy(dtype=float, na_value=np.nan)), initial=0.0))
+    if not deepest > 0:
+        return ".1~%"
+    decimals = min(4, max(1, 1 - math.floor(math.log10(deepest * 100 / 4))))
+    return f".{decimals}~%"
+
+
+def _line(series: pd.Series, name: str, max_points: int, svg: bool = False, **style) -> go.Scatter | go.Scattergl:
     values = series.to_numpy(dtype=float, na_value=np.nan)
     keep = _minmax_positions(values, max_points)
-    trace = go.Scattergl if len(keep) > WEBGL_ABOVE else go.Scatter
+    trace = go.Scattergl if len(keep) > WEBGL_ABOVE and not svg else go.Scatter
     return trace(x=_naive_utc(series.index)[keep], y=values[keep], name=name, mode="lines", **style)
 
 
@@ -152,10 +180,10 @@ def _fills(orders: pd.DataFrame, symbol: str) -> pd.DataFrame:
     return fills
 
 
-def _markers(fills: pd.DataFrame, side: str) -> go.Scatter | go.Scattergl:
+def _markers(fills: pd.DataFrame, side: str, svg: bool = False) -> go.Scatter | go.Scattergl:
     # Fills are never downsampled: every trade the strategy made stays on the chart.
     rows = fills[fills["side"] == side]
-    trace = go.Scattergl if len(rows) > WEBGL_ABOVE else go.Scatter
+    trace = go.Scattergl if len(rows) > WEBGL_ABOVE and not svg else go.Scatter
     colour = _BUY if side == "buy" else _SELL
     return trace(
         x=rows["executed_at"], y=rows["executed_price"].astype(float), name=f"{side}s",
@@ -191,7 +219,9 @@ def tearsheet(result, symbol: str | None = None, max_points: int = 20_000) -> go
 
     ``symbol`` picks the instrument to chart (default: the first in ``result.prices``). Lines
     longer than ``max_points`` are thinned for display (lowest and highest bar per bucket, so
-    extremes stay visible); fill markers are always all drawn.
+    extremes stay visible); fill markers are always all drawn. Stretches with no bar at all
+    (nights, weekends, holidays) are cut out of the time axis; plotly cuts them only for SVG
+    traces, so lines then keep at most ``WEBGL_ABOVE`` points (still a few per pixel).
 
     >>> fk.report.tearsheet(result, symbol="AAPL").show()
     """
@@ -199,6 +229,12 @@ def tearsheet(result, symbol: str | None = None, max_points: int = 20_000) -> go
         raise ParameterError(f"max_points must be at least 10, got {max_points}")
     symbol = _pick_symbol(result, symbol)
     bars = result.prices[symbol]
+    # Breaks come from the run's clock (every symbol's bars), so no symbol's trading is cut out.
+    clock = result.equity.index if len(result.equity) else bars.index
+    breaks = _breaks(_naive_utc(clock))
+    svg = bool(breaks)
+    if svg:
+        max_points = min(max_points, WEBGL_ABOVE)
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.025,
                         row_heights=[0.46, 0.22, 0.16, 0.16],
                         subplot_titles=(symbol, "Equity", "Drawdown", "Position"))
@@ -210,20 +246,20 @@ def tearsheet(result, symbol: str | None = None, max_points: int = 20_000) -> go
                                increasing_line_color="#7f7f7f", decreasing_line_color="#1f1f1f",
                                opacity=0.8)
     else:
-        price = _line(bars["close"], "price", max_points, line=dict(width=1, color="#444"))
+        price = _line(bars["close"], "price", max_points, svg, line=dict(width=1, color="#444"))
     fig.add_trace(price, row=1, col=1)
     fills = _fills(result.orders, symbol)
-    fig.add_trace(_markers(fills, "buy"), row=1, col=1)
-    fig.add_trace(_markers(fills, "sell"), row=1, col=1)
+    fig.add_trace(_markers(fills, "buy", svg), row=1, col=1)
+    fig.add_trace(_markers(fills, "sell", svg), row=1, col=1)
 
-    fig.add_trace(_line(result.equity, "equity", max_points, line=dict(width=1.5, color="#1f77b4")),
+    fig.add_trace(_line(result.equity, "equity", max_points, svg, line=dict(width=1.5, color="#1f77b4")),
                   row=2, col=1)
-    fig.add_trace(_line(result.drawdown, "drawdown", max_points, fill="tozeroy",
+    fig.add_trace(_line(result.drawdown, "drawdown", max_points, svg, fill="tozeroy",
                         line=dict(width=1, color=_SELL), fillcolor="rgba(214,39,40,0.25)"),
                   row=3, col=1)
     # An engine leaves out a column for a symbol it never held: that is a flat zero position.
     held = result.positions[symbol] if symbol in result.positions else pd.Series(0.0, result.equity.index)
-    fig.add_trace(_line(held, "position", max_points, line=dict(width=1.5, color="#9467bd", shape="hv")),
+    fig.add_trace(_line(held, "position", max_points, svg, line=dict(width=1.5, color="#9467bd", shape="hv")),
                   row=4, col=1)
 
     fig.update_layout(
@@ -236,7 +272,9 @@ def tearsheet(result, symbol: str | None = None, max_points: int = 20_000) -> go
     # Candlesticks add a range slider by default; with four stacked panels it only takes space.
     fig.update_xaxes(rangeslider_visible=False, showspikes=True, spikemode="across", spikethickness=1)
     fig.update_xaxes(title_text="time (UTC)", row=4, col=1)
-    fig.update_yaxes(tickformat=".1~%", row=3, col=1)     # -0.5%, -1%, -20%: no repeated labels
+    if breaks:
+        fig.update_xaxes(rangebreaks=breaks)
+    fig.update_yaxes(tickformat=_percent_format(result.drawdown), row=3, col=1)
     return fig
 
 

@@ -162,3 +162,33 @@ def test_metrics_table_shows_counters_one_row_each():
     table = report.metrics_table({"sharpe": 1.5, "messages": {"routed": 1200, "late": 3}})
     assert table.loc["Messages: routed", "value"] == "1,200"
     assert table.loc["Messages: late", "value"] == "3"
+
+
+def test_nights_and_weekends_are_cut_out_of_the_time_axis():
+    import farmkit as fk
+
+    bars = fk.data.synthetic("AAPL", days=5, seed=2)["AAPL"]          # 390 minutes a day, Tue..Mon
+    result = fake_result(bars=len(bars), freq="1min")
+    result.equity.index = result.drawdown.index = result.positions.index = bars.index
+    result.prices = {"AAPL": bars}
+    fig = report.tearsheet(result)
+    breaks = fig.layout.xaxis.rangebreaks
+    spacing = pd.Timedelta(minutes=1)
+    cut = sorted((pd.Timestamp(v), pd.Timedelta(milliseconds=b.dvalue)) for b in breaks for v in b.values)
+    gaps = [(a + spacing, b - a - spacing) for a, b in zip(bars.index[:-1].tz_localize(None), bars.index[1:].tz_localize(None))
+            if b - a > spacing]
+    assert cut == gaps and len(gaps) == 4                               # three nights and a weekend
+    assert {t.type for t in fig.data} <= {"scatter", "candlestick"}    # plotly cuts only SVG traces
+    assert all(len(t.x) <= report.WEBGL_ABOVE for t in fig.data)
+
+
+def test_a_market_that_never_closes_keeps_a_continuous_axis():
+    fig = report.tearsheet(fake_result(bars=3_000, freq="1min"))
+    assert not fig.layout.xaxis.rangebreaks
+
+
+@pytest.mark.parametrize("deepest, fmt", [(-0.2, ".1~%"), (-0.005, ".2~%"), (-0.0003, ".4~%"), (0.0, ".1~%")])
+def test_drawdown_ticks_have_the_decimals_its_depth_needs(deepest, fmt):
+    result = fake_result(bars=100)
+    result.drawdown = pd.Series(np.linspace(0, deepest, 100), index=result.equity.index)
+    assert report.tearsheet(result).layout.yaxis3.tickformat == fmt

@@ -329,10 +329,12 @@ class KubernetesOrchestrator:
         return text.splitlines()[-lines:] if lines else []
 
 
-def open_orchestrator(spec: str, settings: Settings, agents) -> Orchestrator:
-    """``local`` (a child process per agent) or ``kubernetes[://NAMESPACE]``."""
+def open_orchestrator(spec: str, settings: Settings, agents, *, runner_image: str | None = None) -> Orchestrator:
+    """``local`` (a child process per agent) or ``kubernetes[://NAMESPACE]`` (agents' pods run
+    ``runner_image``, default :data:`farmkit.deploy.DEFAULT_IMAGE`)."""
     if spec == "local":
         return LocalProcessOrchestrator(settings, agents)
     if spec == "kubernetes" or spec.startswith("kubernetes://"):
-        return KubernetesOrchestrator(agents, spec.removeprefix("kubernetes").removeprefix("://") or "default")
+        return KubernetesOrchestrator(agents, spec.removeprefix("kubernetes").removeprefix("://") or "default",
+                                      render_options={"image": runner_image} if runner_image else None)
     raise ConfigError(f"unknown orchestrator {spec!r}; known: local, kubernetes://NAMESPACE")

@@ -233,7 +233,8 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
     api = api or ApiSettings.from_env()
     store = store if store is not None else open_store(settings.store)
     agents = agents if agents is not None else open_agent_store(api.agents)
-    orchestrator = orchestrator if orchestrator is not None else open_orchestrator(api.orchestrator, settings, agents)
+    if orchestrator is None:
+        orchestrator = open_orchestrator(api.orchestrator, settings, agents, runner_image=api.runner_image)
     redis = redis if redis is not None else _redis(settings)
     registry = CollectorRegistry()
     metrics = {

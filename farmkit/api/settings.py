@@ -19,6 +19,7 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_API_TOKEN": ("token", None),              # local mode: this token instead of a random one
     "FARM_API_AGENTS": ("agents", "agents"),        # a folder, or gs://BUCKET[/PREFIX]
     "FARM_API_ORCHESTRATOR": ("orchestrator", "local"),   # local | kubernetes://NAMESPACE
+    "FARM_API_RUNNER_IMAGE": ("runner_image", None),      # kubernetes: the runner image of agents' pods
     "FARM_API_RATE": ("rate", "20"),                # requests per second per user, sustained
     "FARM_API_BURST": ("burst", "40"),              # requests a user may make at once
     "FARM_API_MAX_BODY": ("max_body", str(5 * 1024 * 1024)),   # bytes of one request body
@@ -39,6 +40,7 @@ class ApiSettings:
     token: str | None = None
     agents: str = "agents"
     orchestrator: str = "local"
+    runner_image: str | None = None
     rate: float = 20.0
     burst: float = 40.0
     max_body: int = 5 * 1024 * 1024

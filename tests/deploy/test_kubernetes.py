@@ -217,6 +217,10 @@ def test_ingester_has_one_replica_per_shard(rendered, overlay):
     # the API deploys agents into the namespace its Role covers, with the settings it knows
     api = docs["ConfigMap", "farm-api"]["data"]
     assert api["FARM_API_ORCHESTRATOR"] == f"kubernetes://{namespace}"
+    # agents' pods come from the API's registry, at the API's tag
+    api_image = docs["Deployment", "api"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    registry, tag = api_image.rsplit("/", 1)[0], api_image.rsplit(":", 1)[1]
+    assert api["FARM_API_RUNNER_IMAGE"] == f"{registry}/runner:{tag}"
     assert docs["Role", "farm-api-agents"]["metadata"]["namespace"] == namespace
     from farmkit.api.settings import ApiSettings
     ApiSettings.from_env(api)

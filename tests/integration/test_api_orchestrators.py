@@ -229,3 +229,24 @@ def test_kubernetes_orchestrator_through_the_api(cluster, tmp_path):
     assert client.post("/api/paper-trading/sma-crossover/start", headers=AUTH).json()["state"] == "starting"
     assert client.get("/api/paper-trading/sma-crossover/logs", headers=AUTH).json()["lines"] == []   # no pod yet
     assert client.post("/api/paper-trading/sma-crossover/stop", headers=AUTH).status_code == 202
+
+
+def test_farm_api_runner_image_is_the_image_of_the_agents_pods(cluster, tmp_path, monkeypatch):
+    from kubernetes import config
+
+    from farmkit.orchestrators import open_orchestrator
+
+    api, recorded = cluster
+    # No cluster here: the default clients are made from an empty configuration, then swapped for the
+    # recorded API server's (they make no request before start()).
+    monkeypatch.setattr(config, "load_incluster_config", lambda: (_ for _ in ()).throw(config.ConfigException()))
+    monkeypatch.setattr(config, "load_kube_config", lambda: None)
+    image = "us-central1-docker.pkg.dev/p/farm/runner:9.9.9"
+    api_settings = ApiSettings.from_env({"FARM_API_ORCHESTRATOR": "kubernetes://farm", "FARM_API_RUNNER_IMAGE": image})
+    settings = fk.Settings.from_env({"FARM_HOME": str(tmp_path / "farm"), "FARM_REDIS": "off"})
+    orchestrator = open_orchestrator(api_settings.orchestrator, settings, recorded.agents,
+                                     runner_image=api_settings.runner_image)
+    orchestrator.apps, orchestrator.core = recorded.apps, recorded.core
+    orchestrator.start("sma-crossover", owner="alice")
+    sts = api.objects[STS]
+    assert {c["image"] for c in sts["spec"]["template"]["spec"]["containers"]} == {image}

@@ -139,7 +139,7 @@ def _breaks(index: pd.DatetimeIndex) -> list[dict]:
     data: every gap longer than an hour and than 1.5 bars. A market that never closes has none."""
     if len(index) < 3:
         return []
-    ns = index.asi8
+    ns = index.as_unit("ns").asi8
     diffs = np.diff(ns)
     spacing = int(np.median(diffs))
     if spacing <= 0:

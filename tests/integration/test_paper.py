@@ -101,14 +101,17 @@ def test_with_acks_after_next_the_feed_leaves_them_to_the_run():
 
 
 class AckWatcher(TrackedCross):
-    """Notes, in next(), whether the bars it decides on and those of the previous next() are acked
-    (``acked``: (symbol, naive UTC time) of each ack, filled from the bus's side)."""
+    """Notes, in next(), whether the bars new to it (a feed that did not advance still shows its
+    older bar) and those new to the previous next() are acked (``acked``: (symbol, naive UTC time)
+    of each ack, filled from the bus's side)."""
 
     acked: set = set()
     seen: list = []
 
     def next(self):
-        now = [(d._name, d.datetime.datetime(0)) for d in self.datas]
+        lens = getattr(self, "_lens", {})
+        now = [(d._name, d.datetime.datetime(0)) for d in self.datas if len(d) > lens.get(d._name, 0)]
+        self._lens = {d._name: len(d) for d in self.datas}
         previous = self.seen[-1][0] if self.seen else []
         self.seen.append((now, not any(k in self.acked for k in now), all(k in self.acked for k in previous)))
         super().next()
@@ -137,9 +140,20 @@ def test_a_paper_run_acks_the_bars_of_a_decision_right_after_it(farm_home):
     bus.subscribe = acking
     AckWatcher.acked, AckWatcher.seen = set(), []
     live = [b for t in range(60) for s in ("AAPL", "MSFT") for b in bars_of(data[s].iloc[t:t + 1], s)]
-    res = paper(AckWatcher, ["AAPL", "MSFT"], bus=bus, max_bars=60, duration=60,
-                on_start=publisher(bus, live, threading.Event()), batch_bars=50)
-    assert res.metrics["messages"]["routed"] == 120 and len(AckWatcher.acked) == 120   # all acked in the end
+    publish = publisher(bus, live, threading.Event())
+
+    def on_start(session):
+        publish(session)
+
+        def stop_once_all_acked():   # the run ends once every bar was decided on and acked
+            deadline = time.monotonic() + 30
+            while len(AckWatcher.acked) < len(live) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            session.stop()
+        threading.Thread(target=stop_once_all_acked, daemon=True).start()
+
+    res = paper(AckWatcher, ["AAPL", "MSFT"], bus=bus, duration=60, on_start=on_start, batch_bars=50)
+    assert res.metrics["messages"]["routed"] == 120 and len(AckWatcher.acked) == 120
     decided = [(now, unacked, previous) for now, unacked, previous in AckWatcher.seen]
     assert len(decided) > 10
     assert all(unacked for _, unacked, _ in decided)       # not acked before next() has seen them

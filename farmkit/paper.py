@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections import deque
+from functools import partial
 from pathlib import Path
 
 import backtrader as bt
@@ -32,7 +33,7 @@ from farmkit.checkpoint import Checkpoint, CheckpointError
 from farmkit.data.bars import Bars, to_bars
 from farmkit.engine import (BrokerConfig, build_cerebro, check_params, code_hash, new_run_id, register_run,
                             run_cerebro)
-from farmkit.feeds import LiveFeed
+from farmkit.feeds import LiveFeed, ack_taken
 from farmkit.fmel.recorder import Assembler, FmelRecorder, num2ns
 from farmkit.fmel.stores import open_store
 from farmkit.fmel.writer import BatchWriter
@@ -247,7 +248,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     cerebro = build_cerebro(strategy, list(feeds.values()), broker, recorder, params,
                             broker_instance=broker_instance,
                             hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
-                                                      arrivals=arrivals, acks=acks,
+                                                      arrivals=arrivals, on_decided=partial(ack_taken, acks),
                                                       on_start=_set_hook(session_ref)))])
     session = PaperSession(run_id, feeds, router, recorder, writer=None, agent_id=agent_id, state_dir=state_dir)
     session_ref.append(session)

@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow as pa
 
 from farmkit.checkpoint import Checkpoint
-from farmkit.feeds import ack_taken
 from farmkit.fmel.recorder import Batch, FmelRecorder, num2ns
 
 META_KEY = b"farm.checkpoint"
@@ -115,12 +114,14 @@ class SessionHook(bt.Analyzer):
     """Sees every bar before the recorder. On a resumed run it replays the warm-up bars with the
     broker gated (orders are cancelled before they reach it: they were placed before the restart),
     restores the broker at the checkpoint bar, and then steps aside. Always: counts orders and
-    measures the lag from a bar's arrival to the end of its decision, and acks the bars the
-    decision was made on (``acks``, the feeds' shared list: see :meth:`LiveFeed.share_acks`)."""
+    measures the lag from a bar's arrival to the end of its decision, and calls ``on_decided`` after
+    each decision (a paper run acks the bars it was made on)."""
 
-    params = (("recorder", None), ("resume", None), ("arrivals", None), ("on_start", None), ("acks", None))
+    params = (("recorder", None), ("resume", None), ("arrivals", None), ("on_start", None),
+              ("on_decided", None))
 
     def start(self):
+        self._on_decided = self.p.on_decided
         self.orders = 0
         self.decision_lag = math.nan
         self.replaying = False
@@ -172,8 +173,8 @@ class SessionHook(bt.Analyzer):
             self.orders += 1
 
     def next(self):
-        if self.p.acks:
-            ack_taken(self.p.acks)
+        if self._on_decided is not None:
+            self._on_decided()
         if self.replaying:
             if self._stamps() == self._after:      # the checkpoint's own bar: live from the next one
                 self._end_replay(restore_orders=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import os
 import signal
@@ -47,34 +48,35 @@ def kernel_manager_class() -> type:
     from jupyter_client import AsyncKernelManager
     from jupyter_core.paths import jupyter_runtime_dir
 
-    global _IPC_KERNEL_MANAGER
     if os.name != "posix" or len(jupyter_runtime_dir()) > _IPC_RUNTIME_DIR_MAX:
         return AsyncKernelManager
-    if _IPC_KERNEL_MANAGER is None:
-        import uuid
-
-        from jupyter_core.utils import ensure_dir_exists
-        from traitlets import CaselessStrEnum, default
-
-        class IpcKernelManager(AsyncKernelManager):
-            transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
-
-            @default("ip")
-            def _ip_default(self):
-                # Beside the connection file, or (no file chosen yet) a name of its own in the
-                # runtime folder: jupyter_client's "kernel-ipc" in the working folder would be
-                # shared by every kernel started there.
-                if self.connection_file:
-                    return os.path.splitext(self.connection_file)[0] + "-ipc"
-                runtime = jupyter_runtime_dir()
-                ensure_dir_exists(runtime, 0o700)
-                return os.path.join(runtime, f"kernel-{uuid.uuid4()}-ipc")
-
-        _IPC_KERNEL_MANAGER = IpcKernelManager
-    return _IPC_KERNEL_MANAGER
+    return _ipc_kernel_manager()
 
 
-_IPC_KERNEL_MANAGER: type | None = None
+@functools.cache
+def _ipc_kernel_manager() -> type:
+    import uuid
+
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from jupyter_core.utils import ensure_dir_exists
+    from traitlets import CaselessStrEnum, default
+
+    class IpcKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_default(self):
+            # Beside the connection file, or (no file chosen yet) a name of its own in the runtime
+            # folder: jupyter_client's "kernel-ipc" in the working folder would be shared by every
+            # kernel started there.
+            if self.connection_file:
+                return os.path.splitext(self.connection_file)[0] + "-ipc"
+            runtime = jupyter_runtime_dir()
+            ensure_dir_exists(runtime, 0o700)
+            return os.path.join(runtime, f"kernel-{uuid.uuid4()}-ipc")
+
+    return IpcKernelManager
 
 
 def parameters(path: str | Path) -> dict:

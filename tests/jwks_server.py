@@ -42,12 +42,17 @@ class JwksServer:
         self.keys: dict[str, object] = {}
         self.max_age = max_age
         self.requests = 0
+        self.asked = threading.Event()     # set at each request for the keys
+        self.answer = threading.Event()    # clear it to hold the answers back (a slow Google)
+        self.answer.set()
         self.rotate()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests += 1
+                server.asked.set()
+                server.answer.wait(30)
                 if self.path == "/jwks":
                     body = {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())),
                                       "kid": kid, "alg": "RS256", "use": "sig"} for kid, k in server.keys.items()]}

@@ -99,12 +99,18 @@ class SigningKeys:
         self._keys, self._expires, self._fetched = keys, self.clock() + max_age, self.clock()
         self.fetches += 1
 
+    def _must_fetch(self, kid: str, now: float) -> bool:
+        stale = now >= self._expires
+        unknown = kid not in self._keys and now - self._fetched >= self.min_refresh
+        return stale or unknown
+
+    def cached(self, kid: str) -> bool:
+        """Whether :meth:`key` answers ``kid`` from the cache, without a fetch."""
+        return not self._must_fetch(kid, self.clock())
+
     def key(self, kid: str):
         with self._lock:
-            now = self.clock()
-            stale = now >= self._expires
-            unknown = kid not in self._keys and now - self._fetched >= self.min_refresh
-            if stale or unknown:
+            if self._must_fetch(kid, self.clock()):
                 try:
                     self._fetch()
                 except Exception as exc:   # noqa: BLE001 - the caller gets a 503-worthy message
@@ -124,6 +130,15 @@ class FirebaseAuth:
     def __init__(self, project: str, keys: SigningKeys, *, leeway: float = 5.0):
         self.project, self.keys, self.leeway = project, keys, leeway
         self.issuer = f"https://securetoken.google.com/{project}"
+
+    def verifies_offline(self, token: str) -> bool:
+        """Whether checking ``token`` needs no fetch of the signing keys (it does when they have
+        expired or the token names a key not seen yet): the API checks other tokens on its event loop."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return True     # refused without looking at a key
+        return not isinstance(kid, str) or self.keys.cached(kid)
 
     def authenticate(self, token: str) -> User:
         try:

@@ -129,6 +129,30 @@ def test_users_see_only_their_own_runs(world, jwks):
     assert_error(client.get(f"/api/fmel/runs/{runs['a1']}/bars/3", headers=headers(jwks, "bob")), 403)
 
 
+def test_requests_go_on_while_the_signing_keys_are_fetched(world):
+    import threading
+    from farmkit.api.auth import FirebaseAuth, SigningKeys
+    with JwksServer() as slow:
+        slow.answer.clear()     # Google takes its time answering
+        app = create_app(world["settings"], world["api"], auth=FirebaseAuth(PROJECT, SigningKeys(slow.url)))
+        with TestClient(app) as client:    # one event loop serves every request, as in uvicorn
+            replies = []
+            first = threading.Thread(target=lambda: replies.append(client.get("/api/agents", headers=headers(slow))))
+            first.start()
+            try:
+                assert slow.asked.wait(30)
+                # The first request waits for the keys; the others do not wait with it.
+                assert client.get("/healthz").status_code == 200
+                assert client.get("/api/agents").status_code == 401   # no token: refused at once
+                assert not replies and first.is_alive()
+            finally:
+                slow.answer.set()
+                first.join(30)
+            assert replies[0].status_code == 200, replies[0].text
+            assert [a["name"] for a in replies[0].json()["items"]] == ["alice-cross"]
+            assert client.get("/api/agents", headers=headers(slow)).status_code == 200 and slow.requests == 1
+
+
 def test_local_token_user_sees_everything(world):
     app = create_app(world["settings"], world["api"].replace(auth="local", token="local-secret"))
     client = TestClient(app)

@@ -96,7 +96,7 @@ def _embedded_class():
         def _connection_count(self):
             # Asked by _cleanup, under the lock: 1 (this process) + the other live holders.
             try:
-                others = _live_users(self._farm_path) - {_me()}
+                others = {user for user in _live_users(self._farm_path) if user[0] != os.getpid()}
                 _write_users(self._farm_path, others)
             except Exception:  # at interpreter shutdown: fall back to counting connections
                 return super()._connection_count()
@@ -139,6 +139,8 @@ def _live_users(path: Path) -> set[tuple[int, float]]:
         try:
             if abs(_started(int(pid)) - float(started)) < 0.05:
                 users.add((int(pid), float(started)))
+        except psutil.AccessDenied:   # another user's process that still runs: it holds the server
+            users.add((int(pid), float(started)))
         except (psutil.NoSuchProcess, ValueError):
             pass
     return users

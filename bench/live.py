@@ -521,7 +521,7 @@ def emulator_latency(emulator_host: str, symbols: int, args, paper_cpus: set[int
     expected = ticks * symbols
     deadline = args.emulator_seconds + 60
     common = dict(topic=topic, expected=expected, deadline=deadline, symbols=symbols, qcheck=args.qcheck)
-    pinned = {"paper-pubsub": {"cpus": ",".join(map(str, sorted(paper_cpus)))} if paper_cpus else {}}
+    pinned = {"paper-pubsub": {"cpus": _cpu_list(paper_cpus)} if paper_cpus else {}}
     procs = {kind: _spawn(kind, workdir, env=env, ready=True, subscription=f"{topic}-{kind}", **common,
                           **pinned.get(kind, {}))
              for kind in ("raw-pubsub", "paper-pubsub")}
@@ -621,7 +621,7 @@ def _emulator_rounds(args, paper_cpus: set[int] | None, other_cpus: set[int] | N
     """``--rounds`` emulator rounds on an emulator of their own. With ``paper_cpus``, the fk.paper
     process runs there and this process, the emulator and the raw subscriber on ``other_cpus``;
     without, the first round also carries the idle CPU of a paper session on the emulator."""
-    where = f"fk.paper on CPU {','.join(map(str, sorted(paper_cpus)))}" if paper_cpus else "every process on every CPU"
+    where = f"fk.paper on CPU {_cpu_list(paper_cpus)}" if paper_cpus else "every process on every CPU"
     mine = os.sched_getaffinity(0)
     if other_cpus:
         os.sched_setaffinity(0, other_cpus)   # the emulator's JVM and the raw subscriber inherit it
@@ -640,6 +640,10 @@ def _emulator_rounds(args, paper_cpus: set[int] | None, other_cpus: set[int] | N
     finally:
         os.sched_setaffinity(0, mine)
     return rounds
+
+
+def _cpu_list(cpus) -> str:
+    return ",".join(map(str, sorted(cpus)))
 
 
 def _note(text: str) -> None:
@@ -729,12 +733,12 @@ def _measure(args) -> list[tuple[str, object]]:
         cpus = sorted(os.sched_getaffinity(0))
         paper_cpus, other_cpus = ({cpus[-1]}, set(cpus[:-1])) if len(cpus) > 1 else (None, None)
         shared = _emulator_rounds(args, None, None)
-        rounds = _emulator_rounds(args, paper_cpus, other_cpus) if paper_cpus else shared
-        every = rounds + shared if rounds is not shared else shared
+        pinned = _emulator_rounds(args, paper_cpus, other_cpus) if paper_cpus else []
+        rounds, every = pinned or shared, pinned + shared
         lines += [("emulator", "available"), ("emulator_rate_msgs_per_s", args.emulator_rate),
                   ("emulator_symbols", args.emulator_symbols),
-                  ("emulator_paper_cpus", ",".join(map(str, sorted(paper_cpus))) if paper_cpus else "shared"),
-                  ("emulator_other_cpus", ",".join(map(str, sorted(other_cpus))) if other_cpus else "shared")]
+                  ("emulator_paper_cpus", _cpu_list(paper_cpus) if paper_cpus else "shared"),
+                  ("emulator_other_cpus", _cpu_list(other_cpus) if other_cpus else "shared")]
         lines.append(("emulator_publish_rate_msgs_per_s", _median(rounds, "publish_rate")))
         for key in ("raw_p50", "raw_p99", "client_p50", "client_p99", "paper_p50", "paper_p99"):
             lines.append((f"emulator_{key}_ms", _median(rounds, key)))

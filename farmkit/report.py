@@ -162,10 +162,10 @@ def _percent_format(drawdown: pd.Series) -> str:
     return f".{decimals}~%"
 
 
-def _line(series: pd.Series, name: str, max_points: int, svg: bool = False, **style) -> go.Scatter | go.Scattergl:
+def _line(series: pd.Series, name: str, max_points: int, **style) -> go.Scatter | go.Scattergl:
     values = series.to_numpy(dtype=float, na_value=np.nan)
     keep = _minmax_positions(values, max_points)
-    trace = go.Scattergl if len(keep) > WEBGL_ABOVE and not svg else go.Scatter
+    trace = go.Scattergl if len(keep) > WEBGL_ABOVE else go.Scatter
     return trace(x=_naive_utc(series.index)[keep], y=values[keep], name=name, mode="lines", **style)
 
 
@@ -234,7 +234,7 @@ def tearsheet(result, symbol: str | None = None, max_points: int = 20_000) -> go
     breaks = _breaks(_naive_utc(clock))
     svg = bool(breaks)
     if svg:
-        max_points = min(max_points, WEBGL_ABOVE)
+        max_points = min(max_points, WEBGL_ABOVE)   # so every line is an SVG trace
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.025,
                         row_heights=[0.46, 0.22, 0.16, 0.16],
                         subplot_titles=(symbol, "Equity", "Drawdown", "Position"))
@@ -246,20 +246,20 @@ def tearsheet(result, symbol: str | None = None, max_points: int = 20_000) -> go
                                increasing_line_color="#7f7f7f", decreasing_line_color="#1f1f1f",
                                opacity=0.8)
     else:
-        price = _line(bars["close"], "price", max_points, svg, line=dict(width=1, color="#444"))
+        price = _line(bars["close"], "price", max_points, line=dict(width=1, color="#444"))
     fig.add_trace(price, row=1, col=1)
     fills = _fills(result.orders, symbol)
     fig.add_trace(_markers(fills, "buy", svg), row=1, col=1)
     fig.add_trace(_markers(fills, "sell", svg), row=1, col=1)
 
-    fig.add_trace(_line(result.equity, "equity", max_points, svg, line=dict(width=1.5, color="#1f77b4")),
+    fig.add_trace(_line(result.equity, "equity", max_points, line=dict(width=1.5, color="#1f77b4")),
                   row=2, col=1)
-    fig.add_trace(_line(result.drawdown, "drawdown", max_points, svg, fill="tozeroy",
+    fig.add_trace(_line(result.drawdown, "drawdown", max_points, fill="tozeroy",
                         line=dict(width=1, color=_SELL), fillcolor="rgba(214,39,40,0.25)"),
                   row=3, col=1)
     # An engine leaves out a column for a symbol it never held: that is a flat zero position.
     held = result.positions[symbol] if symbol in result.positions else pd.Series(0.0, result.equity.index)
-    fig.add_trace(_line(held, "position", max_points, svg, line=dict(width=1.5, color="#9467bd", shape="hv")),
+    fig.add_trace(_line(held, "position", max_points, line=dict(width=1.5, color="#9467bd", shape="hv")),
                   row=4, col=1)
 
     fig.update_layout(

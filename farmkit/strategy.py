@@ -11,9 +11,11 @@ import backtrader as bt
 
 
 class FreshPerBar(dict):
-    """A tracked dict made anew for each bar and not changed after it: recorded without a copy."""
+    """A tracked dict made anew for each bar and not changed after it: the FMEL recorder records it
+    without a copy."""
 
     __slots__ = ()
+    _fk_fresh_per_bar = True
 
 
 class Strategy(bt.Strategy):

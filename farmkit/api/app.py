@@ -80,8 +80,7 @@ async def current_user(request: Request) -> User:
     ctx: Context = request.app.state.farm
     try:
         token = bearer(request.headers.get("authorization"))
-        offline = getattr(ctx.auth, "verifies_offline", None)
-        if offline is None or offline(token):
+        if ctx.auth.verifies_offline(token):
             user = ctx.auth.authenticate(token)
         else:
             user = await run_in_threadpool(ctx.auth.authenticate, token)

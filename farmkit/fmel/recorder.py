@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 
 from farmkit.fmel import schema
-from farmkit.strategy import FreshPerBar
 
 _STATUS = {bt.Order.Submitted: "submitted", bt.Order.Accepted: "accepted", bt.Order.Partial: "partial",
            bt.Order.Completed: "filled", bt.Order.Canceled: "cancelled", bt.Order.Expired: "expired",
@@ -61,12 +60,15 @@ def _dumps(value) -> str:
     return json.dumps(value, default=_json_default, allow_nan=False) if _finite(value) else "null"
 
 
-# Tracked values recorded as they are: immutable, or (FreshPerBar) made anew for each bar.
-_AS_IS = (int, float, str, bytes, type(None), np.generic, FreshPerBar)
+# Tracked values recorded as they are: immutable ones. So is a value whose type says it is made
+# anew for each bar (``_fk_fresh_per_bar``, as the strategy's per-bar conditions).
+_AS_IS = (int, float, str, bytes, type(None), np.generic)
 
 
 def _snapshot(value):
     """A tracked value as it is now: a deep copy of what could change in place later."""
+    if getattr(value, "_fk_fresh_per_bar", False):
+        return value
     try:
         return copy.deepcopy(value)
     except Exception:  # noqa: BLE001 - what cannot be copied is recorded as it is at the end

@@ -6,11 +6,10 @@
 >>> res.metrics; res.plot(); res.explain(bar=1234)
 """
 
-__version__ = "0.1.0"
-
+from farmkit.version import __version__  # noqa: F401 - fk.__version__
 from farmkit import data, fmel, leaderboard
 from farmkit.data.bars import Bars
-from farmkit.engine import backtest
+from farmkit.modes import backtest
 from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
 from farmkit.lookahead import LookaheadReport, check_lookahead
 from farmkit.paper import paper

@@ -93,37 +93,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the strategy class is: a Python file or module, and the class name")
     pa.set_defaults(handler=_parity)
 
-    rn = sub.add_parser("runner", help="run an agent as a paper-trading pod (what the StatefulSet runs)",
-                        description="Run agents/NAME/agent.ipynb in paper mode through papermill, with /healthz, "
-                        "/readyz and /metrics on FARM_HEALTH_PORT, checkpoints in FARM_STATE_DIR, and a clean "
-                        "stop on SIGTERM. Settings come from the environment (FARM_BUS, FARM_SUBSCRIPTION, ...).",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  FARM_BUS=pubsub://my-project FARM_STATE_DIR=/state farm runner agents/sma-cross")
-    rn.add_argument("agent_dir")
-    rn.add_argument("--grace", type=float, default=20.0, help="seconds to stop cleanly after SIGTERM (default 20)")
-    rn.set_defaults(handler=_runner)
-
-    pp = sub.add_parser("paper", help="paper-trade an agent in the foreground, decisions streaming in the terminal",
-                        description="Run agents/NAME/agent.ipynb in paper mode (as the pod does) and print each "
-                        "decision as it is committed to FMEL. With --replay the session publishes a replayed "
-                        "market on its own in-process bus: no keys, no Pub/Sub, a fresh state each time. "
-                        "Without it, bars come from FARM_BUS (e.g. pubsub://PROJECT, fed by `farm ingest`). "
-                        "Ctrl-C stops cleanly: FMEL flushed, checkpoint saved, metrics printed.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n"
-                        "  farm paper agents/sma-crossover --replay synthetic --speed 60\n"
-                        "  farm paper agents/sma-crossover --replay data/AAPL.csv --speed 600\n"
-                        "  FARM_BUS=pubsub://my-project farm paper agents/sma-crossover --duration 3600")
-    pp.add_argument("agent_dir", help="the agent folder (agent.ipynb + agent.yaml), e.g. agents/sma-crossover")
-    pp.add_argument("--replay", metavar="synthetic|FILE",
-                    help="replay a market: 'synthetic' (carries on from the notebook's data) or a CSV/Parquet "
-                    "file of bars (the run ends with the file)")
-    pp.add_argument("--speed", type=float, default=None,
-                    help="replay speed as a multiple of real time (default 60: a minute bar per second)")
-    pp.add_argument("--duration", type=float, help="stop after this many seconds")
-    pp.add_argument("--bars", type=int, help="stop after this many bars")
-    pp.set_defaults(handler=_paper)
-
     lb = sub.add_parser("leaderboard", help="the best agents by a metric (Redis leaderboards)",
                         description="Agents ranked by the best run of each on a board (backtest or paper). "
                         "The embedded Redis under FARM_HOME is used unless FARM_REDIS points elsewhere.",
@@ -148,11 +117,22 @@ def _parser() -> argparse.ArgumentParser:
 
     from farmkit.api import register as register_serve
     from farmkit.deploy import register as register_deploy
-    from ingester.cli import register as register_ingester
-    register_ingester(sub)          # farm ingest, farm archive
     register_deploy(sub)            # farm deploy
     register_serve(sub)             # farm serve
+    _register_services(sub)         # farm runner, farm paper, farm ingest, farm archive
     return parser
+
+
+COMMANDS = "farm.commands"   # entry-point group: a service's register(subparsers) adds its subcommands
+
+
+def _register_services(sub) -> None:
+    """The services built on farmkit (the runner, the ingester) add their own subcommands through the
+    ``farm.commands`` entry points of the installed distribution: the library never imports them."""
+    from importlib.metadata import entry_points
+
+    for point in sorted(entry_points(group=COMMANDS), key=lambda p: p.name):
+        point.load()(sub)
 
 
 def _metrics_lines(metrics: dict | None) -> list[str]:
@@ -247,22 +227,6 @@ def _parity(args) -> int:
     return 0 if report.identical else 1
 
 
-def _runner(args) -> int:
-    from runner.service import main as runner_main
-    return runner_main([args.agent_dir, "--grace", str(args.grace)])
-
-
-def _paper(args) -> int:
-    from farmkit.settings import Settings
-    from runner import console
-    if args.speed is not None and not args.replay:
-        raise FarmError("--speed is the speed of a replay: give --replay synthetic or --replay FILE too")
-    if args.speed is not None and args.speed <= 0:
-        raise FarmError(f"--speed must be > 0, got {args.speed:g}")
-    return console.run(args.agent_dir, Settings.from_env(), replay=args.replay, speed=args.speed,
-                       duration=args.duration, bars=args.bars)
-
-
 def _leaderboard(args) -> int:
     from farmkit import leaderboard
     if args.rebuild:
@@ -287,6 +251,9 @@ def _runs(args) -> int:
     for col, fmt in (("total_return", "{:+.2%}"), ("sharpe", "{:.2f}"), ("max_drawdown", "{:.2%}"), ("trades", "{:.0f}")):
         table[col] = metrics[col].map(lambda v: fmt.format(v) if pd.notna(v) else "") if col in metrics else ""
     print(table.to_string(index=False))
+    if (table["status"] == "killed").any():
+        print("killed: the run's process ended without saying how (SIGKILL, out of memory, a lost machine); "
+              "its FMEL is kept up to the last bar written", file=sys.stderr)
     return 0
 
 

@@ -25,6 +25,11 @@ class ParameterError(FarmError, ValueError):
     """A strategy or notebook parameter is unknown or has the wrong type."""
 
 
+class ShadowedParameter(UserWarning):
+    """A run's option was given under a name the strategy also uses for a parameter: the value went
+    to the run, and the strategy keeps its default (``params={...}`` sets the strategy's)."""
+
+
 class StrategyError(FarmError, RuntimeError):
     """The strategy raised while running. Carries the run id, the bar and the traceback."""
 

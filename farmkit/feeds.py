@@ -46,7 +46,10 @@ class HistoryFeed(bt.feed.DataBase):
     """A backtrader data feed over one symbol's OHLCV frame (UTC index, float columns).
 
     In a preloaded backtest (backtrader's default) the whole frame is copied into the line buffers
-    in one step; with ``preload=False`` it is served bar by bar like any other feed.
+    in one step, keeping backtrader's ``fromdate``/``todate`` (bars before ``fromdate`` skipped, the
+    feed ends at the first bar after ``todate``); with ``preload=False``, filters (``addfilter``,
+    resampling, replay) or ``tzinput`` it is served bar by bar through backtrader's own loading step.
+    Either way it serves what ``bt.feeds.PandasData`` would serve, once.
     """
 
     params = (("dataname", None),)
@@ -62,11 +65,20 @@ class HistoryFeed(bt.feed.DataBase):
         self._i = 0
 
     def preload(self):
+        if self._filters or self._tzinput is not None:
+            super().preload()
+            return
+        stamps = self._columns["datetime"]
+        past = np.flatnonzero(stamps > self.todate)
+        end = int(past[0]) if len(past) else self._n
+        rows = np.flatnonzero(stamps[:end] >= self.fromdate)
+        whole = len(rows) == self._n
         for name, values in self._columns.items():
             buffer = array("d")
-            buffer.frombytes(np.ascontiguousarray(values).tobytes())
+            buffer.frombytes(np.ascontiguousarray(values if whole else values[rows]).tobytes())
             getattr(self.lines, name).array = buffer
-        self.lines.openinterest.array = array("d", bytes(8 * self._n))
+        self.lines.openinterest.array = array("d", bytes(8 * len(rows)))
+        self._i = self._n     # everything is in the buffers: a later load() (next mode) finds no more bars
         self.home()
 
     def _load(self):

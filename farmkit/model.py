@@ -15,12 +15,50 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pandas as pd
 
 from farmkit.errors import DataError, FarmError
 
-__all__ = ["Bar", "MalformedMessage", "NewsItem", "parse_message"]
+__all__ = ["Bar", "Decision", "MalformedMessage", "NewsItem", "OrderEvent", "parse_message"]
+
+
+class Decision(NamedTuple):
+    """What a strategy decided on a bar, and why: one entry of an FMEL record's ``decisions``.
+    ``orders`` are the refs of the orders it placed (empty for a hold)."""
+
+    action: str
+    symbol: str | None
+    size: float | None
+    reason: str | None
+    confidence: float | None
+    signals: dict | None
+    orders: list
+
+    def to_dict(self) -> dict:
+        return self._asdict()
+
+
+class OrderEvent(NamedTuple):
+    """One notification of one order, as the recorder saw it at bar ``bar`` (0-based in the run):
+    one entry of an FMEL record's ``actions``. Dates are backtrader's float dates; ``filled_size``
+    is what this notification executed (0 if nothing), at ``fill_price``."""
+
+    bar: int
+    ref: int
+    symbol: str
+    event: str               # submitted, accepted, partial, filled, cancelled, expired, margin, rejected
+    side: str                # buy | sell
+    type: str                # market, limit, stop, ...
+    size: float
+    price: float | None
+    created_at: float
+    filled_size: float
+    fill_price: float | None
+    commission: float
+    executed_at: float | None
+    reason: str | None
 
 
 class MalformedMessage(FarmError, ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from farmkit.engine import new_run_id
+from farmkit.kernel import new_run_id
 from farmkit.errors import FarmError, ParameterError
 from farmkit.settings import Settings
 

@@ -18,7 +18,9 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections import deque
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -31,8 +33,9 @@ from farmkit import leaderboard
 from farmkit.brokers import open_broker
 from farmkit.checkpoint import Checkpoint, CheckpointError
 from farmkit.data.bars import Bars, to_bars
-from farmkit.engine import (BrokerConfig, build_cerebro, check_params, code_hash, new_run_id, register_run,
-                            run_cerebro)
+from farmkit.errors import ShadowedParameter
+from farmkit.brokers.config import BrokerConfig
+from farmkit.kernel import Run, bar_size, check_params, check_strategy, merge_params, new_run_id
 from farmkit.feeds import LiveFeed, ack_taken
 from farmkit.fmel.recorder import Assembler, FmelRecorder, num2ns
 from farmkit.fmel.stores import open_store
@@ -165,16 +168,24 @@ def _with_tail(history: Bars, resume: Checkpoint, symbols) -> Bars:
 
 
 def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subscription: str | None = None,
-          cash: float = 100_000.0, commission: float = 0.0, history=None, agent_id: str | None = None,
+          cash: float | None = None, commission: float | None = None, broker: BrokerConfig | None = None,
+          params: Mapping | None = None, timeframe: tuple[int, int] | None = None,
+          history=None, agent_id: str | None = None,
           settings: Settings | None = None, store=None, max_bars: int | None = None,
           duration: float | None = None, batch_bars: int = 500, flush_seconds: float = 1.0, qcheck: float = 0.5,
           broker_url: str | None = None, on_start=None, state_dir=None, resume: Checkpoint | None = None,
           tail_bars: int = 500, status_every: float = 1.0, replay: str | None = None,
-          replay_speed: float | None = None, **params):
+          replay_speed: float | None = None, **kwargs):
     """Paper-trade a strategy on live bars from the bus until stopped; returns a ``BacktestResult``
     of the session (mode ``paper``).
 
     ``history`` (``fk.data`` output for the same symbols) primes the indicators before going live.
+    The strategy's parameters are ``params={...}`` and/or extra keyword arguments (a parameter named
+    like one of this function's options goes in ``params``). ``broker`` is the broker model (a
+    :class:`~farmkit.brokers.BrokerConfig`, as a backtest's: slippage, cheat-on-close/open, sizer);
+    ``cash`` and ``commission`` are shortcuts for ``BrokerConfig(cash=..., commission=...)``.
+    ``timeframe`` is backtrader's ``(timeframe, compression)`` of the bars; by default the bar size
+    of ``history``, or 1-minute bars without history.
     ``broker_url`` (default ``FARM_BROKER``) is ``sim://`` (fills as in the backtest) or ``alpaca-paper://``.
     The run ends after ``max_bars`` bars of the strategy, after ``duration`` seconds, when the bus
     feed ends, or when ``session.stop()`` is called (``on_start(session)`` receives the session).
@@ -187,11 +198,22 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     >>> res = fk.paper(SmaCross, ["AAPL"], bus="pubsub://my-project", history=bars, max_bars=390)
     """
     from farmkit.bus import BusBase, open_bus
-    from farmkit.result import BacktestResult
 
     symbols = [symbols] if isinstance(symbols, str) else list(symbols)
-    check_params(strategy, params)
+    check_strategy(strategy)
+    given = {"bus": bus, "topic": topic != "market-data", "subscription": subscription, "cash": cash is not None,
+             "commission": commission is not None, "broker": broker, "timeframe": timeframe,
+             "history": history is not None, "agent_id": agent_id, "settings": settings, "store": store,
+             "max_bars": max_bars is not None, "duration": duration is not None, "state_dir": state_dir,
+             "resume": resume is not None, "replay": replay, "replay_speed": replay_speed}
+    params = check_params(strategy, merge_params(strategy, params, kwargs, {k: bool(v) for k, v in given.items()}))
+    if broker is None:
+        broker = BrokerConfig(cash=100_000.0 if cash is None else cash, commission=commission or 0.0)
+    elif cash is not None or commission is not None:
+        raise ValueError("give the broker model either as broker=BrokerConfig(...) or as cash=/commission=, not both")
     history = to_bars(history) if history is not None else Bars()
+    if timeframe is None:
+        timeframe = bar_size(next(iter(history.values()))) if history else (bt.TimeFrame.Minutes, 1)
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store)
     agent_id = agent_id or strategy.__name__
@@ -206,9 +228,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     own_bus = not isinstance(bus, BusBase)
     bus = open_bus(bus or settings.bus) if own_bus else bus
     run_id = resume.run_id if resume else new_run_id("paper")
-    broker = BrokerConfig(cash=float(cash), commission=float(commission))
-    started = register_run(store, run_id, strategy=strategy, agent_id=agent_id, mode="paper", params=params,
-                           data_fingerprint=None, code=code_hash(strategy))
+    kernel = Run(strategy, params, mode="paper", broker=broker, settings=settings, store=store, agent_id=agent_id,
+                 run_id=run_id)
+    kernel.register(data_fingerprint=None)
     replay = replay if replay is not None else settings.replay
     replay_bars = None
     if replay:
@@ -223,13 +245,13 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         _checkpoint.save(Checkpoint(run_id=run_id, agent_id=agent_id, bars_written=0), state_dir)
 
     # The strategy thread only gathers each batch's numbers; the writer thread makes the rows.
-    recorder = FmelRecorder(run_id, agent_id, mode="paper", batch_bars=batch_bars, flush_seconds=flush_seconds,
-                            first_bar=resume.bars_written if resume else 0, defer_assembly=True)
+    recorder = kernel.record(sink=None, batch_bars=batch_bars, flush_seconds=flush_seconds,
+                             first_bar=resume.bars_written if resume else 0, defer_assembly=True)
     if resume is not None:
         recorder.resume(positions={s: p[0] for s, p in resume.positions.items()}, start_value=resume.start_value,
                         peak=resume.peak)
     feeds = {s: LiveFeed(name=s, history=history.get(s), qcheck=qcheck,
-                         timeframe=bt.TimeFrame.Minutes, compression=1) for s in symbols}
+                         timeframe=timeframe[0], compression=timeframe[1]) for s in symbols}
     acks: list = []
     for feed in feeds.values():
         feed.share_acks(acks, after_next=True)
@@ -245,9 +267,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         # after the restart gets the id it had and Alpaca's copy is adopted instead of placed twice.
         from farmkit.brokers.alpaca_paper import client_order_id
         broker_instance.cids.update({-n: client_order_id(run_id, n) for n in range(1, resume.orders_placed + 1)})
-    cerebro = build_cerebro(strategy, list(feeds.values()), broker, recorder, params,
-                            broker_instance=broker_instance,
-                            hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
+    cerebro = kernel.build(list(feeds.values()), broker_instance=broker_instance,
+                           hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
                                                       arrivals=arrivals, on_decided=partial(ack_taken, acks),
                                                       on_start=_set_hook(session_ref)))])
     session = PaperSession(run_id, feeds, router, recorder, writer=None, agent_id=agent_id, state_dir=state_dir)
@@ -327,18 +348,29 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         session.state = "stopped"
         session.write_status()
 
-    run_cerebro(cerebro, recorder, store, run_id, strategy.__name__, started, on_stop=shut_down)
+    kernel.execute(on_stop=shut_down)
     recorder.flush()
     shut_down()
     bars = consumed_bars(feeds)
-    result = BacktestResult.from_run(run_id=run_id, agent_id=agent_id, strategy=strategy, params=params,
-                                     bars=bars, recorder=recorder, store=store, broker=broker)
-    result.metrics["messages"] = dict(router.counts)
-    store.runs.upsert(run_id, status="done", metrics=result.metrics, bars=recorder.first_bar + recorder.bars,
-                      data_fingerprint=bars.fingerprint(), finished_at=pd.Timestamp.now(tz="UTC"),
-                      duration_s=time.time() - started)
-    leaderboard.publish(settings, store.runs.get(run_id))   # the paper board; never breaks the run
-    return result
+    return kernel.finish(bars, extra_metrics={"messages": dict(router.counts)}, data_fingerprint=bars.fingerprint())
+
+
+def paper_from_plan(plan):
+    """A notebook's ``fk.backtest`` call in a paper pod (``FARM_MODE=paper``): the same strategy,
+    parameters and broker model on live bars; the notebook's bars (or the warm-up the settings name)
+    prime the indicators, and give the bar size."""
+    from farmkit.warmup import warmup_history
+
+    settings, bars = plan.settings, plan.bars
+    history = warmup_history(settings.warmup, list(bars), settings.warmup_bars, bars, home=settings.home,
+                             store=settings.store)
+    with warnings.catch_warnings():
+        # The plan's parameters are the strategy's whole set: no option here is meant for the strategy.
+        warnings.simplefilter("ignore", ShadowedParameter)
+        return paper(plan.strategy, list(bars), history=history, bus=settings.bus,
+                     subscription=settings.subscription, agent_id=plan.agent_id or settings.agent_id,
+                     broker=plan.broker, params=plan.params, timeframe=bar_size(next(iter(bars.values()))),
+                     settings=settings, store=plan.store, state_dir=settings.state_dir)
 
 
 def _set_hook(session_ref: list):

@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-import farmkit
+from farmkit.version import __version__
 from farmkit import notebooks
 from farmkit.errors import FarmError
 from farmkit.fmel.stores import open_store
@@ -211,7 +211,7 @@ def _manifest(name: str, strategy: str, defaults: dict, agent_nb: Path) -> dict:
         "strategy": strategy,
         "notebook": agent_nb.name,
         "notebook_sha256": hashlib.sha256(agent_nb.read_bytes()).hexdigest(),
-        "farmkit_version": farmkit.__version__,
+        "farmkit_version": __version__,
         "parameters": [{"name": k, "type": _type_name(v), "default": v} for k, v in defaults.items()],
         "symbols": [symbols] if isinstance(symbols, str) else list(symbols),
         "bar_size": bar_size,

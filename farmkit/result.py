@@ -76,23 +76,22 @@ class BacktestResult:
     def _orders(recorder) -> pd.DataFrame:
         reasons = {}
         for noted in recorder.decisions.values():
-            for action, symbol, size, reason, confidence, signals, refs in noted:
-                for ref in refs:
-                    reasons.setdefault(ref, reason)
+            for decision in noted:
+                for ref in decision.orders:
+                    reasons.setdefault(ref, decision.reason)
         rows: dict[int, dict] = {}
-        for (bar, ref, symbol, status, side, kind, size, price, created_dt, filled, fill_price, comm,
-             fill_dt, info_reason) in recorder.orders:
-            row = rows.setdefault(ref, {"ref": ref, "symbol": symbol, "side": side, "type": kind,
-                                        "created_at": created_dt, "size": size,
-                                        "price": price, "executed_at": np.nan, "executed_size": 0.0,
-                                        "executed_value": 0.0, "commission": 0.0,
-                                        "reason": reasons.get(ref, info_reason)})
-            row["status"] = status
-            row["commission"] = comm
-            if filled:
-                row["executed_size"] += filled
-                row["executed_value"] += filled * fill_price
-                row["executed_at"] = fill_dt
+        for o in recorder.orders:
+            row = rows.setdefault(o.ref, {"ref": o.ref, "symbol": o.symbol, "side": o.side, "type": o.type,
+                                          "created_at": o.created_at, "size": o.size,
+                                          "price": o.price, "executed_at": np.nan, "executed_size": 0.0,
+                                          "executed_value": 0.0, "commission": 0.0,
+                                          "reason": reasons.get(o.ref, o.reason)})
+            row["status"] = o.event
+            row["commission"] = o.commission
+            if o.filled_size:
+                row["executed_size"] += o.filled_size
+                row["executed_value"] += o.filled_size * o.fill_price
+                row["executed_at"] = o.executed_at
         frame = pd.DataFrame(list(rows.values()))
         if frame.empty:
             return pd.DataFrame(columns=_ORDER_COLUMNS)

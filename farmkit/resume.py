@@ -52,9 +52,9 @@ class Snapshots:
     def take(self, bar: int) -> Checkpoint:
         rec = self.recorder
         for b in range(self._counted, bar + 1):
-            for *_, refs in rec.decisions.get(b, ()):
-                self._refs.update(refs)
-                self.orders_placed += len(refs)
+            for decision in rec.decisions.get(b, ()):
+                self._refs.update(decision.orders)
+                self.orders_placed += len(decision.orders)
         self._counted = bar + 1
         last, tail, positions = {}, {}, {}
         for i, (symbol, data) in enumerate(zip(rec.symbols, rec.datas)):

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import backtrader as bt
 
+from farmkit.model import Decision
+
 
 class FreshPerBar(dict):
     """A tracked dict made anew for each bar and not changed after it: the FMEL recorder records it
@@ -81,8 +83,8 @@ class Strategy(bt.Strategy):
     # -- decisions -------------------------------------------------------------------------------
     @property
     def decisions(self) -> list:
-        """Decisions noted since the recorder last took them: (action, symbol, size, reason, confidence,
-        signals, order refs). The recorder drains this list at the end of every bar."""
+        """:class:`~farmkit.model.Decision` records noted since the recorder last took them; the
+        recorder drains this list at the end of every bar."""
         try:
             return self._fk_decisions
         except AttributeError:
@@ -101,8 +103,8 @@ class Strategy(bt.Strategy):
         refs = [o.ref for o in orders if o is not None]
         if size is None and orders:
             size = sum(o.size for o in orders if o is not None and o.parent is None)
-        self.decisions.append((action, data._name, size, reason, confidence,
-                               dict(signals) if signals else None, refs))
+        self.decisions.append(Decision(action, data._name, size, reason, confidence,
+                                       dict(signals) if signals else None, refs))
 
     @contextmanager
     def _deciding(self, action, data, reason, confidence, signals):

@@ -22,7 +22,8 @@ import pandas as pd
 
 from farmkit import trials
 from farmkit.data.bars import Bars, to_bars
-from farmkit.engine import backtest, check_params, new_run_id
+from farmkit.engine import backtest
+from farmkit.kernel import check_params, new_run_id
 from farmkit.errors import ParameterError
 from farmkit.fmel.stores import open_store
 from farmkit.settings import Settings

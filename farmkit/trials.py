@@ -103,3 +103,14 @@ def honest_metrics(equity: pd.Series, n_trials: int, sharpe_variance: float) -> 
     """
     stats = daily_stats(equity)
     return {**stats, **deflate(stats, n_trials, sharpe_variance)}
+
+
+def trial_metrics(store, strategy: str, code: str, result) -> dict:
+    """PSR, DSR and minimum track record of a finished backtest as one more trial of its strategy
+    family (same strategy name and code hash): every backtest counts, whatever started it."""
+    family_runs = family(store, strategy, code)
+    sharpe_daily = result.metrics.get("sharpe", float("nan")) / math.sqrt(_metrics.TRADING_DAYS)
+    n_trials, variance = family_stats([*family_runs["sharpe_daily"], sharpe_daily])
+    honest = honest_metrics(result.equity, n_trials, variance)
+    return {"psr": honest["psr"], "dsr": honest["dsr"], "min_track_record_days": honest["min_track_record_days"],
+            "trials": n_trials}

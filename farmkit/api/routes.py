@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Path as PathParam, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from farmkit import leaderboard
-from farmkit.api.app import ApiError, Context, context, current_user
+from farmkit.api.context import ApiError, Context, context, current_user
 from farmkit.api.auth import User
 from farmkit.api.broker import NoBrokerState
 from farmkit.api.models import (AGENT_NAME, Account, Agent, AgentCreate, Boards, Comparison, DecisionRow,
@@ -35,7 +35,7 @@ Limit = Annotated[int, Query(ge=1, le=500, description="items per page")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="items to skip")]
 Metric = Literal["sharpe", "dsr", "total_return", "max_drawdown"]
 Board = Literal["backtest", "paper"]
-FINISHED = ("done", "failed", "interrupted")
+FINISHED = ("done", "failed", "interrupted", "killed")   # killed: its process is gone, nothing more comes
 
 
 def _plain(value):
@@ -311,7 +311,7 @@ def _own_run(ctx: Context, user: User, run_id: str, *, cached: bool = False) -> 
 def runs(ctx: Ctx, user: Me, limit: Limit = 50, offset: Offset = 0,
          agent_id: Annotated[str | None, Query(max_length=200)] = None,
          mode: Literal["backtest", "paper", "live"] | None = None,
-         status: Literal["queued", "running", "done", "failed", "interrupted"] | None = None):
+         status: Literal["queued", "running", "done", "failed", "interrupted", "killed"] | None = None):
     """Your runs (backtests, sweep trials, paper sessions), newest first."""
     frame = query.runs(store=ctx.store)
     if not user.admin:

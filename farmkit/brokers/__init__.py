@@ -11,26 +11,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import backtrader as bt
 
-from farmkit.brokers.sim import configure, sim_broker
+from farmkit.brokers.config import BrokerConfig, configure
+from farmkit.brokers.sim import sim_broker
 from farmkit.errors import ConfigError
 from farmkit.settings import backend
 
-if TYPE_CHECKING:       # engine imports the brokers; a runtime import back would be circular
-    from farmkit.engine import BrokerConfig
-
-__all__ = ["REGISTRY", "configure", "open_broker", "sim_broker"]
+__all__ = ["REGISTRY", "BrokerConfig", "configure", "open_broker", "sim_broker"]
 
 
-def _sim(url: str, config: "BrokerConfig", environ: Mapping[str, str] | None, run_id: str | None):
+def _sim(url: str, config: BrokerConfig, environ: Mapping[str, str] | None, run_id: str | None):
     return sim_broker(config)
 
 
-def _alpaca_paper(url: str, config: "BrokerConfig", environ: Mapping[str, str] | None, run_id: str | None):
+def _alpaca_paper(url: str, config: BrokerConfig, environ: Mapping[str, str] | None, run_id: str | None):
     from farmkit.brokers.alpaca_paper import AlpacaPaperBroker     # on use: alpaca-py is an optional extra
 
     if run_id is None:
@@ -42,7 +39,7 @@ def _alpaca_paper(url: str, config: "BrokerConfig", environ: Mapping[str, str] |
 REGISTRY: dict[str, Callable[..., bt.broker.BrokerBase]] = {"sim": _sim, "alpaca-paper": _alpaca_paper}
 
 
-def open_broker(url: str, config: "BrokerConfig", *, environ: Mapping[str, str] | None = None,
+def open_broker(url: str, config: BrokerConfig, *, environ: Mapping[str, str] | None = None,
                 run_id: str | None = None) -> bt.broker.BrokerBase:
     """The broker a URL names: ``sim://`` or ``alpaca-paper://``; ``run_id`` is required for Alpaca."""
     factory = backend(REGISTRY, url, "broker")

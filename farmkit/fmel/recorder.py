@@ -21,10 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from farmkit.fmel import schema
+from farmkit.model import OrderEvent
 
 _STATUS = {bt.Order.Submitted: "submitted", bt.Order.Accepted: "accepted", bt.Order.Partial: "partial",
            bt.Order.Completed: "filled", bt.Order.Canceled: "cancelled", bt.Order.Expired: "expired",
            bt.Order.Margin: "margin", bt.Order.Rejected: "rejected"}
+_FIELDS = ("open", "high", "low", "close", "volume")
 _HOLD = json.dumps([{"action": "hold", "symbol": None, "size": None, "reason": None,
                      "confidence": None, "signals": None}])
 
@@ -186,7 +188,7 @@ class FmelRecorder:
         self.timestamps = array("d")
         self.cash, self.value = array("d"), array("d")
         self.start_value = math.nan
-        self.orders: list[tuple] = []     # order events, with the bar they were seen at
+        self.orders: list[OrderEvent] = []     # order events, with the bar they were seen at
         self.trades: list[dict] = []      # closed trades
         self.decisions: dict[int, list] = defaultdict(list)
         self.errors: dict[int, dict] = {}
@@ -212,6 +214,8 @@ class FmelRecorder:
         self._tracked_names: list[str] = []          # tracked lines, in buffer order after the datas
         self._plain: dict[str, list] = {}            # tracked plain values, one list per name
         self._ntracked = -1
+        self._copies = None       # with exactbars: values copied per bar, see _watch_bounded
+        self._watched = False
         self._position_carry = np.array([float(self._carry_seed.get(s, 0.0)) for s in self.symbols])
         self._retrack()
 
@@ -255,6 +259,25 @@ class FmelRecorder:
                 self._plain[name] = [None] * self.bars
         self._pairs = list(zip(self._lens, self._buffers))
         self._ntracked = len(self._tracked)
+        if self._copies is not None:
+            self._copy_lines()
+
+    def _watch_bounded(self) -> None:
+        # With cerebro's exactbars, line buffers keep only their last values (backtrader makes them
+        # bounded after the analyzers start): then values cannot be gathered from the buffers when a
+        # batch is written, and are copied at every bar instead.
+        self._watched = True
+        lines = [getattr(d.lines, f) for d in self.datas for f in _FIELDS] + self._buffers[len(self.datas):]
+        if any(getattr(line, "mode", 0) == bt.linebuffer.LineBuffer.QBuffer for line in lines):
+            self._copies = {}
+            self._copy_lines()
+
+    def _copy_lines(self) -> None:
+        keys = [(("m", i, f), getattr(d.lines, f)) for i, d in enumerate(self.datas) for f in _FIELDS]
+        keys += [(("t", j), self._buffers[len(self.datas) + j]) for j in range(len(self._tracked_names))]
+        for key, line in keys:
+            if key not in self._copies:
+                self._copies[key] = (array("d", [math.nan] * self.bars), line)
 
     # -- per bar (hot path) ----------------------------------------------------------------------
     def note_event(self, symbol: str | None, kind: str, detail: str) -> None:
@@ -269,11 +292,16 @@ class FmelRecorder:
         if self.replaying:
             self._skip_bar()
             return
+        if not self._watched:
+            self._watch_bounded()
         self.timestamps.append(self._dtline[0])
         self.cash.append(self._cash_now)
         self.value.append(self._value_now)
         for lens, buffer in self._pairs:
             lens.append(len(buffer))
+        if self._copies is not None:
+            for values, line in self._copies.values():
+                values.append(line[0] if len(line) else math.nan)
         strategy = self.strategy
         tracked = getattr(strategy, "_fk_tracked", None)
         if tracked:
@@ -314,7 +342,7 @@ class FmelRecorder:
         if delta:
             self._filled[ref] = executed
             self._fills.append((bar, symbol, delta, order.executed.price))
-        self.orders.append((
+        self.orders.append(OrderEvent(
             bar, ref, self.symbols[symbol], _STATUS.get(order.status, str(order.getstatusname()).lower()),
             "buy" if order.isbuy() else "sell", order.getordername().lower(),
             order.created.size, order.created.price, order.created.dt,
@@ -387,8 +415,8 @@ class FmelRecorder:
         for i, d in enumerate(self.datas):
             idx = np.frombuffer(self._lens[i], "q")[start:end] - 1
             valid = idx >= 0
-            for field in ("open", "high", "low", "close", "volume"):
-                vals = self._gather(getattr(d.lines, field), idx, valid)
+            for field in _FIELDS:
+                vals = self._values(("m", i, field), getattr(d.lines, field), idx, valid, start, end)
                 cols[f"m{i}_{field}"] = pa.array(vals, mask=~valid | np.isnan(vals))
                 if field == "close":
                     closes.append(np.where(valid, vals, 0.0))
@@ -396,7 +424,7 @@ class FmelRecorder:
             k = len(self.datas) + j
             idx = np.frombuffer(self._lens[k], "q")[start:end] - 1
             valid = idx >= 0
-            vals = self._gather(self._buffers[k], idx, valid)
+            vals = self._values(("t", j), self._buffers[k], idx, valid, start, end)
             cols[f"t{j}"] = pa.array(vals, mask=~valid | ~np.isfinite(vals))
         for j, (name, values) in enumerate(self._plain.items()):
             cols[f"x{j}"] = pa.array([_dumps(v) for v in values[start:end]], pa.string())
@@ -423,6 +451,12 @@ class FmelRecorder:
             cols["ev"] = pa.array([json.dumps(e) if e else None for e in events], pa.string())
         frame = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in cols.items()})
         return Batch(frame, self._sql(), start + self.first_bar, end - 1 + self.first_bar)
+
+    def _values(self, key, line, idx, valid, start: int, end: int) -> np.ndarray:
+        if self._copies is not None:
+            copied = np.frombuffer(self._copies[key][0], "f8")[start:end]
+            return np.where(valid, copied, np.nan)
+        return self._gather(line, idx, valid)
 
     @staticmethod
     def _gather(line, idx, valid) -> np.ndarray:
@@ -454,18 +488,17 @@ class FmelRecorder:
         return json.dumps(self._decision_dicts(bar), default=_json_default)
 
     def _decision_dicts(self, bar: int) -> list[dict]:
-        return [{"action": a, "symbol": s, "size": size, "reason": r, "confidence": c, "signals": sig,
-                 "orders": refs} for a, s, size, r, c, sig, refs in self.decisions.get(bar, ())]
+        return [d._asdict() for d in self.decisions.get(bar, ())]
 
     def _actions_json(self, start: int, end: int) -> list[str | None]:
         out: list[str | None] = [None] * (end - start)
         by_bar: dict[int, list] = defaultdict(list)
         for o in self.orders:
-            if start <= o[0] < end:
-                by_bar[o[0]].append({
-                    "order": o[1], "symbol": o[2], "event": o[3], "side": o[4], "type": o[5],
-                    "size": o[6], "price": o[7] if o[7] is not None and math.isfinite(o[7] or 0) else None,
-                    "filled_size": o[9] or None, "fill_price": o[10], "commission": o[11],
+            if start <= o.bar < end:
+                by_bar[o.bar].append({
+                    "order": o.ref, "symbol": o.symbol, "event": o.event, "side": o.side, "type": o.type,
+                    "size": o.size, "price": o.price if o.price is not None and math.isfinite(o.price or 0) else None,
+                    "filled_size": o.filled_size or None, "fill_price": o.fill_price, "commission": o.commission,
                 })
         for bar, events in by_bar.items():
             out[bar - start] = json.dumps(events, default=_json_default)

@@ -7,7 +7,7 @@ import pytest
 import farmkit as fk
 from farmkit.brokers import open_broker
 from farmkit.brokers.alpaca_paper import AlpacaPaperBroker, client_order_id
-from farmkit.engine import BrokerConfig
+from farmkit.brokers import BrokerConfig
 from farmkit.errors import MissingCredentials
 from tests.alpaca_server import AlpacaServer
 

@@ -5,7 +5,7 @@ import pytest
 
 import farmkit as fk
 from farmkit.brokers import REGISTRY, open_broker, sim_broker
-from farmkit.engine import BrokerConfig
+from farmkit.brokers import BrokerConfig
 from farmkit.errors import ConfigError, MissingCredentials
 from farmkit.feeds import HistoryFeed
 

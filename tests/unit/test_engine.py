@@ -291,7 +291,7 @@ def test_strategy_failing_before_its_first_bar_says_so(farm_home, minute_bars, s
 
 
 def test_code_hash_is_stable_for_notebook_style_classes_and_changes_with_the_code():
-    from farmkit.engine import code_hash
+    from farmkit.kernel import code_hash
     source = ("import farmkit as fk\nclass S(fk.Strategy):\n    params = dict(n=3)\n"
               "    def next(self):\n        return {}\n")
     hashes = []

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 import farmkit as fk
-from farmkit.engine import BrokerConfig, build_cerebro, history_feeds
+from farmkit.brokers import BrokerConfig
+from farmkit.kernel import build_cerebro, history_feeds
 from farmkit.fmel.recorder import Assembler, Batch, FmelRecorder
 from farmkit.fmel.writer import BatchWriter
 from tests.unit.test_engine import TrackedCross

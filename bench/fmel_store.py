@@ -123,7 +123,7 @@ def bigquery_write(n: int) -> dict:
 def _stall(bars: int, delay: float, batch_bars: int, through_writer: bool) -> tuple[float, float]:
     import farmkit as fk
     from farmkit.brokers import BrokerConfig
-from farmkit.kernel import build_cerebro, history_feeds
+    from farmkit.kernel import build_cerebro, history_feeds
     from farmkit.data.bars import to_bars
     from farmkit.fmel.recorder import Assembler, FmelRecorder
     from farmkit.fmel.writer import BatchWriter

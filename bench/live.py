@@ -209,7 +209,7 @@ def _stop_on_stdin(event: threading.Event) -> None:
 def child_memory(args) -> dict:
     """fk.paper on memory:// with a paced publisher thread in the same process."""
     from farmkit.bus import open_bus
-    from farmkit.paper import paper
+    from farmkit.live.session import paper
 
     symbols = _symbols(args.symbols)
     ticks = max(1, round(args.seconds * args.ticks_per_s))
@@ -293,7 +293,7 @@ def _stamp_feeds() -> dict:
 def child_paper_pubsub(args) -> dict:
     """fk.paper on pubsub:// (the emulator); says ``ready`` once subscribed, ends after ``expected`` bars."""
     from farmkit.bus import open_bus
-    from farmkit.paper import paper
+    from farmkit.live.session import paper
 
     stamps = _stamp_feeds()
     COLLECTOR.expected = args.expected
@@ -366,7 +366,7 @@ def child_raw_pubsub(args) -> dict:
 
 def child_idle(args) -> dict:
     """A paper session with no bars: CPU time of the whole process over ``seconds`` of wall time."""
-    from farmkit.paper import paper
+    from farmkit.live.session import paper
 
     out: dict = {}
 

@@ -112,7 +112,7 @@ class _PeakRss:
 
 
 def _cold_trial(path: str, point: dict) -> dict:
-    from farmkit import notebooks
+    from farmkit.research import notebooks
     result = notebooks.run(path, point, progress=False)
     return {**point, "status": result.status, **(result.run.get("metrics") or {})}
 
@@ -121,7 +121,7 @@ def _child(variant: str, n_bars: int, trials: int, home: Path) -> dict:
     import backtrader as bt
 
     import farmkit as fk
-    from farmkit import notebooks
+    from farmkit.research import notebooks
     from farmkit.fmel.stores import open_store
 
     points = grid(trials)

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The REST API: `farm serve` (FastAPI on :8000). It deploys agents with farmkit.deploy, which
+# The REST API: `farm serve` (FastAPI on :8000). It deploys agents with farmkit.ops.deploy, which
 # reads the agent templates from k8s/base/agent under its working directory.
 # Build from the repository root:  docker build -f docker/api.Dockerfile -t farm-api:0.1.0 .
 

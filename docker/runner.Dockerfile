@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # The paper-trading pod: `python -m runner AGENT_DIR` runs an agent notebook through papermill.
-# Also runs sweep shards (`python -m farmkit.deploy shard`, k8s/base/sweep/job.yaml) on the bundled notebooks.
+# Also runs sweep shards (`python -m farmkit.ops.deploy shard`, k8s/base/sweep/job.yaml) on the bundled notebooks.
 # Build from the repository root:  docker build -f docker/runner.Dockerfile -t farm-runner:0.1.0 .
 
 # -- build: the project's wheel and every dependency's, at the versions in constraints.txt ------------

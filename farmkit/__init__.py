@@ -9,16 +9,16 @@
 from farmkit.version import __version__  # noqa: F401 - fk.__version__
 from farmkit import data, fmel, leaderboard
 from farmkit.data.bars import Bars
-from farmkit.modes import backtest
 from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
-from farmkit.lookahead import LookaheadReport, check_lookahead
-from farmkit.paper import paper
-from farmkit.parity import Parity, parity
+from farmkit.live.session import paper
+from farmkit.modes import backtest
+from farmkit.research.lookahead import LookaheadReport, check_lookahead
+from farmkit.research.parity import Parity, parity
+from farmkit.research.split import WalkForward
+from farmkit.research.sweep import SweepResult, sweep
 from farmkit.result import BacktestResult
 from farmkit.settings import Settings
-from farmkit.split import WalkForward
 from farmkit.strategy import Strategy
-from farmkit.sweep import SweepResult, sweep
 
 runs = fmel.runs
 

@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.set_defaults(handler=_explain)
 
     from farmkit.api import register as register_serve
-    from farmkit.deploy import register as register_deploy
+    from farmkit.ops.deploy import register as register_deploy
     register_deploy(sub)            # farm deploy
     register_serve(sub)             # farm serve
     _register_services(sub)         # farm runner, farm paper, farm ingest, farm archive
@@ -144,7 +144,7 @@ def _metrics_lines(metrics: dict | None) -> list[str]:
 
 
 def _backtest(args) -> int:
-    from farmkit import notebooks
+    from farmkit.research import notebooks
     params = dict(args.parameter)
     print(f"Running {args.notebook}" + (f" with {params}" if params else ""), file=sys.stderr)
     result = notebooks.run(args.notebook, params, progress=not args.no_progress)
@@ -174,7 +174,7 @@ def _print_leaderboard() -> None:
 
 
 def _sweep(args) -> int:
-    from farmkit import notebooks
+    from farmkit.research import notebooks
     from farmkit.errors import ParameterError
     grid = {}
     for item in args.grid:
@@ -196,7 +196,7 @@ def _sweep(args) -> int:
 
 
 def _check_lookahead(args) -> int:
-    from farmkit.lookahead import check_notebook
+    from farmkit.research.lookahead import check_notebook
     print(f"Checking {args.notebook} for look-ahead ({args.cuts} truncated re-runs)...", file=sys.stderr)
     report = check_notebook(args.notebook, dict(args.parameter), cuts=args.cuts)
     print(("OK: " if report["ok"] else "LOOK-AHEAD: ") + report["message"])
@@ -208,7 +208,7 @@ def _check_lookahead(args) -> int:
 
 
 def _promote(args) -> int:
-    from farmkit.promote import promote
+    from farmkit.ops.promote import promote
     print(f"Promoting {args.notebook} to {args.agents_dir}/{args.name} (runs it twice to verify)...", file=sys.stderr)
     agent = promote(args.notebook, args.name, agents_dir=args.agents_dir, force=args.force)
     check = agent.manifest.get("verification", {})
@@ -218,7 +218,7 @@ def _promote(args) -> int:
 
 
 def _parity(args) -> int:
-    from farmkit.parity import load_strategy, parity
+    from farmkit.research.parity import load_strategy, parity
     report = parity(args.run_id, load_strategy(args.strategy))
     print(report)
     if not report.identical:

@@ -3,15 +3,15 @@
 With ``FARM_MODE=paper`` (set by the runner), the same call hands its plan — strategy, parameters,
 broker model — to a paper session on live bars, the notebook's bars priming the indicators. This
 is the one place where the two modes part; the research tools (sweeps, look-ahead checks, parity)
-call :func:`farmkit.engine.backtest` directly and always backtest.
+call :func:`farmkit.research.backtest.backtest` directly and always backtest.
 """
 
 from __future__ import annotations
 
 import functools
 
-from farmkit import engine
-from farmkit.paper import paper_from_plan
+from farmkit.research import backtest as engine
+from farmkit.live.session import paper_from_plan
 
 __all__ = ["backtest"]
 
@@ -22,3 +22,6 @@ def backtest(*args, **kwargs):
     if plan.settings.mode == "paper":
         return paper_from_plan(plan)
     return engine.run(plan)
+
+
+backtest.__name__ = backtest.__qualname__ = "backtest"

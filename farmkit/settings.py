@@ -25,7 +25,7 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_SUBSCRIPTION": ("subscription", None),
     "FARM_STATE_DIR": ("state_dir", None),  # checkpoints and status of a paper run (the pod's volume)
     "FARM_WARMUP_BARS": ("warmup_bars", None),  # history bars per symbol that prime a paper run; default all
-    "FARM_WARMUP": ("warmup", "notebook"),  # where they come from: notebook | alpaca | archive (farmkit.warmup)
+    "FARM_WARMUP": ("warmup", "notebook"),  # where they come from: notebook | alpaca | archive (farmkit.live.warmup)
     "FARM_HEALTH_PORT": ("health_port", "8080"),
     "FARM_LEADERBOARD_EVERY": ("leaderboard_every", "60"),  # seconds between a paper run's board updates
     # `farm paper --replay`: the paper session publishes a replayed market on its own bus.

@@ -11,6 +11,6 @@ What consumers get on ``market-data``: one bar per symbol and minute, in order p
 symbol), ``source`` alpaca_stock / alpaca_crypto, or ``backfill`` for bars fetched from REST after a gap.
 Delivery is at least once: dedupe on (symbol, timestamp). An updated bar (Alpaca's late-trade correction)
 has the same timestamp and ``revision`` >= 1: a live strategy that already used the bar keeps it
-(``farmkit.router`` counts it as a duplicate and notes a ``revision`` event); the archive keeps every
+(``farmkit.live.router`` counts it as a duplicate and notes a ``revision`` event); the archive keeps every
 revision, and the latest revision of a minute is the final bar.
 """

@@ -115,7 +115,7 @@ def ingest(args: argparse.Namespace, environ=None) -> int:
 
 
 def archive(args: argparse.Namespace, environ=None) -> int:
-    from farmkit.archive import Archiver
+    from farmkit.data.archive import Archiver
     from farmkit.settings import Settings
 
     environ = dict(os.environ if environ is None else environ)

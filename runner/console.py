@@ -54,7 +54,7 @@ def run(agent_dir, settings: Settings, *, replay: str | None = None, speed: floa
     probe = Runner(agent_dir, settings)         # checks the folder first: a clear error if it is no agent
     name = probe.name
     if replay and replay != "synthetic":
-        from farmkit.replay import load_replay
+        from farmkit.live.replay import load_replay
         load_replay(replay, probe.manifest.get("symbols") or [])   # a bad file fails here, not in the kernel
     settings = paper_settings(settings, name, replay=replay, speed=speed)
     runner = Runner(agent_dir, settings)

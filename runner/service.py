@@ -1,7 +1,7 @@
 """The paper-trading pod: run an agent's notebook through papermill in paper mode, report health.
 
 The notebook runs unchanged: the kernel's environment says ``FARM_MODE=paper``, so its
-``fk.backtest`` call paper-trades on the bus (see ``farmkit.engine.backtest``). The kernel is another
+``fk.backtest`` call paper-trades on the bus (see ``farmkit.research.backtest.backtest``). The kernel is another
 process; it reports through ``STATE_DIR/status.json`` and is asked to stop with ``STATE_DIR/stop``.
 
     runner = Runner("agents/sma-cross", Settings.from_env())
@@ -17,9 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from farmkit import checkpoint
+from farmkit.live import checkpoint
 from farmkit.errors import ConfigError
-from farmkit.promote import load_manifest
+from farmkit.ops.promote import load_manifest
 from farmkit.settings import Settings
 from runner.health import HealthServer
 
@@ -85,7 +85,7 @@ class Runner:
     def _execute(self) -> None:
         import papermill
 
-        from farmkit.notebooks import kernel_manager_class
+        from farmkit.research.notebooks import kernel_manager_class
 
         try:
             papermill.execute_notebook(str(self.notebook), str(self.state_dir / "executed.ipynb"),

@@ -259,7 +259,7 @@ resource "google_pubsub_topic" "news_data_dead_letter" {
   labels                     = local.labels
 }
 
-# `farm archive` reads these two (farmkit.archive), acking only what it has written.
+# `farm archive` reads these two (farmkit.data.archive), acking only what it has written.
 resource "google_pubsub_subscription" "archive_market_data" {
   name                       = "archive-market-data"
   topic                      = google_pubsub_topic.market_data.id

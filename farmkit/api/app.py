@@ -153,11 +153,11 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
 
     >>> app = create_app(Settings.from_env(), ApiSettings(token="s3cret"))
     """
-    from farmkit.agents_store import open_agent_store
+    from farmkit.ops.agents import open_agent_store
     from farmkit.api.broker import BrokerView
     from farmkit.api.routes import router
     from farmkit.fmel.stores import open_store
-    from farmkit.orchestrators import open_orchestrator
+    from farmkit.ops.orchestrators import open_orchestrator
 
     settings = settings or Settings.from_env()
     api = api or ApiSettings.from_env()

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from farmkit import checkpoint
+from farmkit.live import checkpoint
 from farmkit.brokers.alpaca_paper import BASE_URL_VARIABLE, KEY_VARIABLE, SECRET_VARIABLE, client_order_id
 from farmkit.errors import ConfigError, MissingCredentials
 

@@ -24,7 +24,7 @@ from farmkit.api.models import (AGENT_NAME, Account, Agent, AgentCreate, Boards,
                                 Explanation, LeaderboardEntry, Logs, Order, Page, PaperStatus, Position, Rank, Run)
 from farmkit.errors import FarmError
 from farmkit.fmel import query
-from farmkit.orchestrators import OrchestratorError
+from farmkit.ops.orchestrators import OrchestratorError
 
 router = APIRouter(prefix="/api")
 Ctx = Annotated[Context, Depends(context)]
@@ -101,7 +101,7 @@ def create_agent(ctx: Ctx, user: Me, body: AgentCreate):
     """Promote a notebook to an agent, with the checks of `farm promote`: it runs with its default
     parameters, defines a Strategy, and its promoted copy decides exactly as it did. Takes as long
     as two backtests of the notebook."""
-    from farmkit.promote import PromoteError, promote
+    from farmkit.ops.promote import PromoteError, promote
     existing = ctx.agents.get(body.name)
     if existing is not None:
         if not user.owns(existing.owner):

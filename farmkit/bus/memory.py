@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from functools import partial
 
-from farmkit.bus import BusBase, BusError, Message, check_dead_letter, check_name, check_publish, run_callback
+from farmkit.bus.base import BusBase, BusError, Message, check_dead_letter, check_name, check_publish, run_callback
 
 CALLBACK_THREADS = 10  # as Pub/Sub's Python subscriber: callbacks of one subscription run concurrently
 

@@ -19,7 +19,7 @@ from google.api_core import exceptions as google_errors
 from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import pubsub_v1
 
-from farmkit.bus import BusBase, BusError, Message, check_dead_letter, check_name, check_publish, run_callback
+from farmkit.bus.base import BusBase, BusError, Message, check_dead_letter, check_name, check_publish, run_callback
 from farmkit.errors import MissingCredentials
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -44,7 +45,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from farmkit.errors import ConfigError
-from farmkit.fmel import schema
+from farmkit.fmel import registry, schema
 
 log = logging.getLogger(__name__)
 
@@ -389,58 +390,128 @@ def _local_types(frame: pd.DataFrame, table: str) -> pd.DataFrame:
 
 class BigQueryRunRegistry:
     """The ``runs`` table, with the interface of the embedded ``RunRegistry``: upserts are MERGE
-    statements (DML, not streaming, so a run's row can be updated at once)."""
+    statements (DML, not streaming, so a run's row can be updated at once). A table made by an older
+    farmkit gets the columns added to the schema since (all NULLABLE).
+
+    Reading marks killed the queued and running runs whose owner is gone (see
+    :mod:`farmkit.fmel.registry`): checked on the rows a read returns, rather than by a query of its
+    own before each read, which would double every read's latency. So a filter on status sees the
+    rows as they were stored: ``frame("WHERE status = 'running'")`` may return rows that read as killed."""
 
     def __init__(self, store: BigQueryStore):
         self.store = store
         self.types = {f["name"]: f["type"] for f in schema.fields("runs")}
+        self._add_missing_columns()
 
-    def upsert(self, run_id: str, **fields) -> None:
-        unknown = sorted(set(fields) - set(self.types))
-        if unknown:
-            raise KeyError(f"unknown run field(s) {', '.join(unknown)}")
-        row = {"run_id": run_id, **fields}
-        params, select = [], []
-        for name, value in row.items():
-            kind = self.types[name]
-            if kind == "JSON":
-                value = None if value is None else json.dumps(value, default=str)
-                select.append(f"PARSE_JSON(@{name}) AS {name}" if value is not None else f"CAST(NULL AS JSON) AS {name}")
-                kind = "STRING"
-            else:
-                select.append(f"@{name} AS {name}")
-            if kind == "TIMESTAMP" and value is not None:
-                value = pd.Timestamp(value).tz_localize("UTC") if pd.Timestamp(value).tz is None else pd.Timestamp(value)
-                value = value.to_pydatetime(warn=False)
-            params.append(bigquery.ScalarQueryParameter(name, kind, value))
-        names = list(row)
-        updates = ", ".join(f"{n} = S.{n}" for n in names if n != "run_id")
-        text = (f"MERGE `{self.store.table('runs')}` T USING (SELECT {', '.join(select)}) S ON T.run_id = S.run_id "
-                + (f"WHEN MATCHED THEN UPDATE SET {updates} " if updates else "")
-                + f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({', '.join('S.' + n for n in names)})")
+    def _add_missing_columns(self) -> None:
+        name = self.store.table("runs")
+        present = {f.name for f in self.store.client.get_table(name, timeout=self.store.timeout).schema}
+        for f in schema.fields("runs"):
+            if f["name"] not in present:
+                # DDL rather than a schema patch: with IF NOT EXISTS, processes doing it at once agree.
+                self._dml(f"ALTER TABLE `{name}` ADD COLUMN IF NOT EXISTS {f['name']} {f['type']} "
+                          f"OPTIONS(description={_quote(f['description'])})", [])
+
+    def _parameter(self, name: str, value):
+        kind = self.types[name]
+        if value is pd.NaT or (isinstance(value, float) and math.isnan(value)):   # a frame's missing value
+            value = None
+        if kind == "TIMESTAMP" and value is not None:
+            value = pd.Timestamp(value).tz_localize("UTC") if pd.Timestamp(value).tz is None else pd.Timestamp(value)
+            value = value.to_pydatetime(warn=False)
+        elif kind == "INT64" and value is not None:
+            value = int(value)
+        elif kind == "FLOAT64" and value is not None:
+            value = float(value)
+        return bigquery.ScalarQueryParameter(name, kind, value)
+
+    def _dml(self, text: str, params: list) -> int | None:
+        """Run one DML statement; the rows it changed (None where the server does not say)."""
         config = bigquery.QueryJobConfig(query_parameters=params)
         for attempt in range(8):
             try:
-                self.store.client.query(text, job_config=config, timeout=self.store.timeout).result()
-                return
+                job = self.store.client.query(text, job_config=config, timeout=self.store.timeout)
+                job.result()
+                return job.num_dml_affected_rows
             except gexc.BadRequest as exc:
                 # Concurrent DML on one table: BigQuery refuses one of them; it may simply go again.
                 if "concurrent update" not in str(exc) or attempt == 7:
                     raise
                 self.store.sleep(0.2 * 2 ** attempt)
 
+    def upsert(self, run_id: str, **fields) -> None:
+        unknown = sorted(set(fields) - set(self.types))
+        if unknown:
+            raise KeyError(f"unknown run field(s) {', '.join(unknown)}")
+        row = {"run_id": run_id, **registry.with_owner(fields)}
+        params, select = [], []
+        for name, value in row.items():
+            if self.types[name] == "JSON":
+                value = None if value is None else json.dumps(value, default=str)
+                select.append(f"PARSE_JSON(@{name}) AS {name}" if value is not None else f"CAST(NULL AS JSON) AS {name}")
+                params.append(bigquery.ScalarQueryParameter(name, "STRING", value))
+            else:
+                select.append(f"@{name} AS {name}")
+                params.append(self._parameter(name, value))
+        names = list(row)
+        updates = ", ".join(f"{n} = S.{n}" for n in names if n != "run_id")
+        text = (f"MERGE `{self.store.table('runs')}` T USING (SELECT {', '.join(select)}) S ON T.run_id = S.run_id "
+                + (f"WHEN MATCHED THEN UPDATE SET {updates} " if updates else "")
+                + f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({', '.join('S.' + n for n in names)})")
+        self._dml(text, params)
+
+    def heartbeat(self, run_id: str, *, now: pd.Timestamp | None = None) -> None:
+        """Say that the run's owner lives; readers on other hosts judge it by this. Every
+        ``registry.HEARTBEAT_EVERY`` seconds, not more often: each is a DML statement, and BigQuery
+        queues concurrent DML on a table."""
+        now = pd.Timestamp.now(tz="UTC") if now is None else now
+        self._dml(f"UPDATE `{self.store.table('runs')}` SET heartbeat_at = @heartbeat_at WHERE run_id = @run_id",
+                  [self._parameter("heartbeat_at", now), self._parameter("run_id", run_id)])
+
+    def mark_killed(self, *, alive=registry.owner_alive) -> list[str]:
+        """Mark killed the queued and running runs whose owner is gone; returns their ids."""
+        marks = ", ".join(f"'{s}'" for s in registry.ACTIVE)
+        frame = self._read(f"WHERE status IN ({marks})")
+        return [r["run_id"] for r in registry.gone(frame.to_dict("records"), alive) if self._set_killed(r)]
+
+    def _set_killed(self, row: dict) -> bool:
+        """Write a gone owner's run as killed, unless its row changed since it was read."""
+        same = " AND ".join(f"{c} IS NOT DISTINCT FROM @{c}" for c in registry.OWNER_COLUMNS)
+        changed = self._dml(f"UPDATE `{self.store.table('runs')}` SET status = @killed "
+                            f"WHERE run_id = @run_id AND status = @status AND {same}",
+                            [bigquery.ScalarQueryParameter("killed", "STRING", registry.KILLED),
+                             *(self._parameter(c, row[c]) for c in ("run_id", "status", *registry.OWNER_COLUMNS))])
+        if changed != 0:
+            log.info("run %s: its process is gone; marked %s", row["run_id"], registry.KILLED)
+        return changed != 0
+
     def get(self, run_id: str) -> dict | None:
         frame = self.frame("WHERE run_id = ?", (run_id,))
         return None if frame.empty else frame.iloc[0].to_dict()
 
     def frame(self, where: str = "", args: tuple = ()) -> pd.DataFrame:
+        frame = self._read(where, args)
+        for index, row in zip(frame.index, frame.to_dict("records")):
+            if row["status"] not in registry.ACTIVE or registry.owner_alive(row) is not False:
+                continue
+            try:
+                written = self._set_killed(row)
+            except Exception as exc:  # noqa: BLE001 - a read must not fail for it; the next read tries again
+                log.warning("run %s: its process is gone, but marking it killed failed: %s", row["run_id"], exc)
+                written = True
+            if written:     # else the row changed since it was read (a new owner took the run): left as read
+                frame.loc[index, "status"] = registry.KILLED
+        return frame
+
+    def _read(self, where: str = "", args: tuple = ()) -> pd.DataFrame:
         columns = ", ".join(f"TO_JSON_STRING({n}) AS {n}" if t == "JSON" else n for n, t in self.types.items())
         frame = self.store.query(f"SELECT {columns} FROM `{self.store.table('runs')}` {where} ORDER BY started_at",
                                  args)
         for col in schema.json_columns("runs"):
             frame[col] = frame[col].map(lambda v: json.loads(v) if isinstance(v, str) else None)
-        for col in ("started_at", "finished_at"):
-            frame[col] = pd.to_datetime(frame[col], utc=True)
+        for col, kind in self.types.items():
+            if kind == "TIMESTAMP":
+                frame[col] = pd.to_datetime(frame[col], utc=True)
         for col, kind in self.types.items():
             if kind == "INT64":
                 frame[col] = frame[col].astype("Float64").astype("float64") if frame[col].isna().any() else \

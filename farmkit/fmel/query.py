@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from farmkit.fmel import schema
 from farmkit.settings import Settings
 
 
@@ -62,7 +63,7 @@ def record(run_id: str, bar: int | None = None, timestamp=None, *, store=None) -
     return decoded(frame.iloc[0].to_dict())
 
 
-JSON_FIELDS = ("market_state", "strategy_state", "decisions", "actions", "performance")
+JSON_FIELDS = tuple(schema.json_columns("fmel"))   # the JSON columns, as the one schema declares them
 
 
 def decoded(row: dict) -> dict:

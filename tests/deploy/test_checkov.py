@@ -9,7 +9,7 @@ import subprocess
 
 import yaml
 
-from farmkit import deploy
+from farmkit.ops import deploy
 from tests.conftest import need
 from tests.deploy.manifests import KUSTOMIZATIONS, ROOT, kubectl, kustomize
 

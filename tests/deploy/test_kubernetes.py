@@ -14,7 +14,7 @@ import stat
 import pytest
 import yaml
 
-from farmkit import deploy
+from farmkit.ops import deploy
 from tests.conftest import need
 from tests.deploy.manifests import K8S, KUBERNETES_VERSION, KUSTOMIZATIONS, ROOT, kubectl, kustomize, pod_specs
 
@@ -241,7 +241,7 @@ def test_sweep_job_runs_one_grid_shard_per_index(rendered):
     assert spec["completionMode"] == "Indexed"
     container = spec["template"]["spec"]["containers"][0]
     args = container["args"]
-    assert container["command"] == ["python", "-m", "farmkit.deploy", "shard"]
+    assert container["command"] == ["python", "-m", "farmkit.ops.deploy", "shard"]
     assert int(args[args.index("--shards") + 1]) == spec["completions"]
     env = {e["name"]: e for e in container["env"]}
     assert env["SWEEP_ID"]["valueFrom"]["fieldRef"]["fieldPath"].endswith("job-name']")

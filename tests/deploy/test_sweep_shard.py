@@ -1,4 +1,4 @@
-"""`python -m farmkit.deploy shard`: what one index of the sweep's Indexed Job runs."""
+"""`python -m farmkit.ops.deploy shard`: what one index of the sweep's Indexed Job runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import nbformat
 import pytest
 
-from farmkit import deploy
+from farmkit.ops import deploy
 from farmkit.fmel.stores import open_store
 
 

@@ -13,8 +13,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 import farmkit as fk
-from farmkit import checkpoint
-from farmkit.agents_store import LocalAgentStore
+from farmkit.live import checkpoint
+from farmkit.ops.agents import LocalAgentStore
 from farmkit.api import ApiSettings, create_app
 from tests.integration.test_promote import TINY_STRATEGY
 from tests.jwks_server import JwksServer, new_key

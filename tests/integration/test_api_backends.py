@@ -18,8 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import farmkit as fk
-from farmkit import checkpoint
-from farmkit.agents_store import GcsAgentStore, LocalAgentStore, open_agent_store
+from farmkit.live import checkpoint
+from farmkit.ops import promote
+from farmkit.ops.agents import GcsAgentStore, LocalAgentStore, open_agent_store
 from farmkit.api import ApiSettings, create_app, register
 from farmkit.api.broker import BrokerView
 from farmkit.brokers.alpaca_paper import client_order_id
@@ -71,7 +72,7 @@ def test_gcs_agent_store_round_trip(gcs, tmp_path):
     assert [(r.name, r.owner) for r in store.list()] == [("other", "bob"), ("sma-crossover", "alice")]
     folder = store.materialize("sma-crossover")
     assert (folder / "agent.ipynb").read_bytes() == (AGENT / "agent.ipynb").read_bytes()
-    assert fk.promote.load_manifest(folder)["owner"] == "alice"
+    assert promote.load_manifest(folder)["owner"] == "alice"
     assert store.delete("other") and not store.delete("other") and store.get("other") is None
     assert [r.name for r in store.list()] == ["sma-crossover"]
     assert [r.name for r in gcs_store(gcs, tmp_path, prefix="elsewhere").list()] == []

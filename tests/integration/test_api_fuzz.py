@@ -10,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 import farmkit as fk
-from farmkit.agents_store import LocalAgentStore
+from farmkit.ops.agents import LocalAgentStore
 from farmkit.api import ApiSettings, create_app
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,

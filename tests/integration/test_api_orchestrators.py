@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 import farmkit as fk
-from farmkit.agents_store import LocalAgentStore
+from farmkit.ops.agents import LocalAgentStore
 from farmkit.api import ApiSettings, create_app
 from farmkit.fmel.stores import open_store
-from farmkit.orchestrators import OWNER_ANNOTATION, KubernetesOrchestrator, LocalProcessOrchestrator, OrchestratorError
+from farmkit.ops.orchestrators import OWNER_ANNOTATION, KubernetesOrchestrator, LocalProcessOrchestrator, OrchestratorError
 from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +234,7 @@ def test_kubernetes_orchestrator_through_the_api(cluster, tmp_path):
 def test_farm_api_runner_image_is_the_image_of_the_agents_pods(cluster, tmp_path, monkeypatch):
     from kubernetes import config
 
-    from farmkit.orchestrators import open_orchestrator
+    from farmkit.ops.orchestrators import open_orchestrator
 
     api, recorded = cluster
     # No cluster here: the default clients are made from an empty configuration, then swapped for the

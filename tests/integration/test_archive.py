@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from farmkit.archive import Archiver, LocalArchive, bars_table, open_archive, read_bars, read_news
+from farmkit.data.archive import Archiver, LocalArchive, bars_table, open_archive, read_bars, read_news
 from farmkit.bus import open_bus, publish_record
 from farmkit.model import Bar, NewsItem
 
@@ -71,7 +71,7 @@ def test_a_failed_write_is_redelivered(tmp_path):
 
 def test_a_paper_run_can_warm_up_from_the_archive(tmp_path):
     from farmkit.errors import ConfigError
-    from farmkit.warmup import warmup_history
+    from farmkit.live.warmup import warmup_history
 
     archive = LocalArchive(tmp_path)
     archive.write_bars(bars_table(bars(50)))

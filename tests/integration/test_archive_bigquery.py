@@ -5,10 +5,10 @@ a paper run can warm up from it."""
 import pandas as pd
 import pytest
 
-from farmkit.archive import Archiver, BigQueryArchive, bars_table, news_table, open_archive
+from farmkit.data.archive import Archiver, BigQueryArchive, bars_table, news_table, open_archive
 from farmkit.bus import open_bus, publish_record
 from farmkit.model import Bar, NewsItem
-from farmkit.warmup import warmup_history
+from farmkit.live.warmup import warmup_history
 from tests.bigquery_emulator import bigquery_emulator  # noqa: F401 - the session fixture
 
 T = pd.Timestamp("2024-01-02 14:30", tz="UTC")

@@ -25,7 +25,7 @@ def test_bigquery_schema_files_are_the_one_definition(table):
 
 
 def test_archive_tables_match_the_archive_schemas():
-    from farmkit.archive import BAR_SCHEMA, NEWS_SCHEMA
+    from farmkit.data.archive import BAR_SCHEMA, NEWS_SCHEMA
     arrow_of = {"STRING": pa.string(), "FLOAT64": pa.float64(), "INT64": pa.int64(),
                 "TIMESTAMP": pa.timestamp("us", tz="UTC")}
     for name, arrow in (("market_data", BAR_SCHEMA), ("news", NEWS_SCHEMA)):
@@ -256,7 +256,7 @@ def test_a_refused_insert_is_spilled_at_once_and_written_once_allowed(store):
 
 def test_a_paper_run_on_bigquery_writes_what_it_spilled_when_it_ends(store, farm_home):
     from farmkit.bus import open_bus
-    from farmkit.paper import paper
+    from farmkit.live.session import paper
     from tests.integration.test_runner import publish_on_start
     from tests.integration.test_paper import bars_of
 

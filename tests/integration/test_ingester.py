@@ -10,7 +10,7 @@ from pathlib import Path
 
 import farmkit as fk
 from farmkit.bus import open_bus
-from farmkit.router import BarRouter
+from farmkit.live.router import BarRouter
 from ingester.cli import main, register
 from ingester.service import Ingester
 from ingester.settings import IngestSettings

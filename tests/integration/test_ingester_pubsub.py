@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from farmkit.archive import Archiver, LocalArchive, read_bars
+from farmkit.data.archive import Archiver, LocalArchive, read_bars
 from farmkit.bus import open_bus
 from ingester.service import Ingester
 from tests.alpaca_stream import AlpacaStreamServer

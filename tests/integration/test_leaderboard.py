@@ -338,7 +338,7 @@ def test_every_finished_backtest_lands_on_the_board(settings, monkeypatch, capsy
 
 def test_a_paper_run_is_on_the_paper_board_while_it_runs(settings):
     from farmkit.bus import open_bus, publish_record
-    from farmkit.paper import paper
+    from farmkit.live.session import paper
     from tests.integration.test_paper import bars_of
 
     data = fk.data.synthetic("AAPL", days=1, seed=12)["AAPL"]

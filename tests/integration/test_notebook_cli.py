@@ -7,7 +7,8 @@ import nbformat
 import pytest
 
 import farmkit as fk
-from farmkit import cli, notebooks
+from farmkit import cli
+from farmkit.research import notebooks
 
 ROOT = Path(__file__).resolve().parents[2]
 SMA = ROOT / "notebooks" / "strategies" / "sma_crossover.ipynb"

@@ -10,7 +10,7 @@ import pytest
 from pathlib import Path
 
 import farmkit as fk
-from farmkit import notebooks
+from farmkit.research import notebooks
 
 DAYS = 2
 METRICS = ["sharpe", "total_return", "trades", "final_value", "max_drawdown"]

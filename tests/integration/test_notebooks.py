@@ -19,7 +19,7 @@ import nbformat
 import pytest
 from nbval.plugin import get_sanitize_patterns
 
-from farmkit import notebooks
+from farmkit.research import notebooks
 
 ROOT = Path(__file__).resolve().parents[2]
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"

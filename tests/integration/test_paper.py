@@ -10,7 +10,7 @@ import farmkit as fk
 from farmkit.bus import open_bus, publish_record
 from farmkit.fmel.stores import open_store
 from farmkit.model import Bar
-from farmkit.paper import paper
+from farmkit.live.session import paper
 from tests.pubsub_emulator import pubsub_emulator  # noqa: F401  (the session fixture)
 from tests.unit.test_engine import TrackedCross
 
@@ -57,7 +57,7 @@ def test_a_routed_bar_is_acked_once_the_strategy_thread_has_taken_it():
     import backtrader as bt
 
     from farmkit.feeds import LiveFeed
-    from farmkit.router import BarRouter
+    from farmkit.live.router import BarRouter
 
     bars = bars_of(fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:3], "AAPL")
     acked = []
@@ -250,7 +250,7 @@ class WallClockTrader(fk.Strategy):
 
 
 def test_parity_replays_the_paper_run(farm_home):
-    from farmkit.parity import parity
+    from farmkit.research.parity import parity
     frame = fk.data.synthetic("AAPL", days=1, seed=5)["AAPL"].iloc[:150]
     bus = open_bus("memory://")
     res = paper(TrackedCross, ["AAPL"], bus=bus, max_bars=150, duration=60,

@@ -10,8 +10,8 @@ import farmkit as fk
 from farmkit.brokers.alpaca_paper import client_order_id
 from farmkit.bus import open_bus
 from farmkit.data.bars import Bars
-from farmkit.paper import paper
-from farmkit.warmup import warmup_history
+from farmkit.live.session import paper
+from farmkit.live.warmup import warmup_history
 from tests.alpaca_server import AlpacaServer
 from tests.integration.test_paper import bars_of
 from tests.integration.test_runner import publish_on_start

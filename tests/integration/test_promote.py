@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import farmkit as fk
-from farmkit.promote import Agent, PromoteError, load_manifest, promote
+from farmkit.ops.promote import Agent, PromoteError, load_manifest, promote
 
 ROOT = Path(__file__).resolve().parents[2]
 SMA = ROOT / "notebooks" / "strategies" / "sma_crossover.ipynb"

@@ -17,8 +17,8 @@ from farmkit.bus import open_bus
 from farmkit.data.bars import Bars
 from farmkit.errors import ConfigError
 from farmkit.fmel.stores import open_store
-from farmkit.paper import paper
-from farmkit.replay import Replay, load_replay, synthetic_continuation, trim_history
+from farmkit.live.session import paper
+from farmkit.live.replay import Replay, load_replay, synthetic_continuation, trim_history
 from tests.unit.test_engine import TrackedCross
 
 ROOT = Path(__file__).resolve().parents[2]

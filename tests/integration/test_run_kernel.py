@@ -146,3 +146,12 @@ def test_fills_with_slippage_match_plain_backtrader(farm_home):
     cerebro.run()
     assert _fills(res) == fills and res.final_value == pytest.approx(cerebro.broker.getvalue(), abs=0)
     assert pd.Index(res.equity.index).is_monotonic_increasing
+
+
+def test_a_paper_session_beats_for_readers_on_other_machines(farm_home, day):
+    data, _ = day
+    bus = open_bus("memory://")
+    res = fk.paper(Crossing, ["AAPL"], bus=bus, history={"AAPL": data.iloc[:60]}, duration=0.3)
+    bus.close()
+    row = fk.fmel.stores.open_store(farm_home.store).runs.get(res.run_id)
+    assert row["status"] == "done" and pd.notna(row["heartbeat_at"])

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 import farmkit as fk
-from farmkit import checkpoint
+from farmkit.live import checkpoint
 from farmkit.bus import open_bus, publish_record
 from farmkit.fmel.stores import open_store
-from farmkit.paper import paper
+from farmkit.live.session import paper
 from tests.integration.test_paper import bars_of
 from tests.local_process import free_port
 from tests.pubsub_emulator import pubsub_emulator  # noqa: F401  (the session fixture)

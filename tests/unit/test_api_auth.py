@@ -7,7 +7,7 @@ import pytest
 from farmkit.api.auth import AuthError, FirebaseAuth, LocalTokenAuth, SigningKeys, bearer
 from farmkit.api.settings import ApiSettings
 from farmkit.errors import ConfigError
-from farmkit.orchestrators import manifests
+from farmkit.ops.orchestrators import manifests
 from tests.jwks_server import JwksServer, new_key
 
 PROJECT = "farm-test"

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from farmkit import checkpoint
-from farmkit.checkpoint import Checkpoint, CheckpointError
+from farmkit.live import checkpoint
+from farmkit.live.checkpoint import Checkpoint, CheckpointError
 
 
 def sample(**changes) -> Checkpoint:
@@ -74,7 +74,7 @@ def test_stop_requests(tmp_path):
 def test_inbox_keeps_what_is_not_checkpointed_and_skips_a_torn_line(tmp_path):
     import pandas as pd
 
-    from farmkit.inbox import Inbox
+    from farmkit.live.inbox import Inbox
     from farmkit.model import Bar
 
     stamps = pd.date_range("2024-01-02 14:30", periods=4, freq="1min", tz="UTC")

@@ -8,7 +8,7 @@ import pytest
 
 import farmkit as fk
 from farmkit.errors import FarmError
-from farmkit.lookahead import LookaheadError, check_lookahead
+from farmkit.research.lookahead import LookaheadError, check_lookahead
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""farmkit.split: cuts of bars, walk-forward windows, out-of-sample curves. No backtests here."""
+"""farmkit.research.split: cuts of bars, walk-forward windows, out-of-sample curves. No backtests here."""
 
 from types import SimpleNamespace
 
@@ -8,7 +8,7 @@ import pytest
 
 import farmkit as fk
 from farmkit.data.bars import Bars
-from farmkit.split import (OosCurve, WalkForward, oos_curve, split_bars, split_windows, stitch, walk_forward,
+from farmkit.research.split import (OosCurve, WalkForward, oos_curve, split_bars, split_windows, stitch, walk_forward,
                            with_warmup)
 
 

@@ -1,4 +1,4 @@
-"""farmkit.sweep: one recorded backtest per grid point, in-process or in forked workers."""
+"""farmkit.research.sweep: one recorded backtest per grid point, in-process or in forked workers."""
 
 import json
 import math
@@ -14,8 +14,8 @@ import pytest
 import farmkit as fk
 from farmkit.fmel import schema
 from farmkit.fmel.registry import RunRegistry
-from farmkit.split import WalkForward, walk_forward
-from farmkit.sweep import SweepResult, sweep
+from farmkit.research.split import WalkForward, walk_forward
+from farmkit.research.sweep import SweepResult, sweep
 
 
 class Cross(fk.Strategy):

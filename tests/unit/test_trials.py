@@ -1,4 +1,4 @@
-"""farmkit.trials: families in the run registry, and PSR/DSR/MinTRL checked against the formulas."""
+"""farmkit.research.trials: families in the run registry, and PSR/DSR/MinTRL checked against the formulas."""
 
 import math
 from statistics import NormalDist
@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from farmkit import metrics, trials
+from farmkit import metrics
+from farmkit.research import trials
 from farmkit.fmel.stores import open_store
 
 PHI = NormalDist()

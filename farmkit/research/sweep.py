@@ -1,6 +1,6 @@
 """Parameter sweeps: one full, FMEL-recorded backtest per grid point, in parallel, deflated at the end.
 
->>> from farmkit.sweep import sweep
+>>> from farmkit.research.sweep import sweep
 >>> res = sweep(SmaCross, bars, {"fast": [5, 10, 20], "slow": [30, 60]}, workers=4)
 >>> res.table.sort_values("dsr").tail(); res.best("sharpe"); res.plot("sharpe")
 """
@@ -20,14 +20,14 @@ from functools import partial
 import backtrader as bt
 import pandas as pd
 
-from farmkit import trials
+from farmkit.research import trials
 from farmkit.data.bars import Bars, to_bars
-from farmkit.engine import backtest
+from farmkit.research.backtest import backtest
 from farmkit.kernel import check_params, new_run_id
 from farmkit.errors import ParameterError
 from farmkit.fmel.stores import open_store
 from farmkit.settings import Settings
-from farmkit.split import (SIDE_BY_SIDE, WalkForward, best_trial, check_select, run_out_of_sample, run_split,
+from farmkit.research.split import (SIDE_BY_SIDE, WalkForward, best_trial, check_select, run_out_of_sample, run_split,
                            split_windows, with_warmup)
 
 _HONEST = ["sharpe_daily", "skew", "kurtosis", "days", "psr", "dsr", "min_track_record_days"]
@@ -185,7 +185,7 @@ def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash
     With ``split`` (a fraction such as 0.7, a date, or ``WalkForward(windows=4)``) the grid runs on
     the in-sample bars only, the trial with the highest ``select`` metric is run out of sample
     (with ``warmup_bars`` bars before the out-of-sample start to warm its indicators up, left out
-    of its figures), and ``res.oos`` puts both sides next to each other; see :mod:`farmkit.split`.
+    of its figures), and ``res.oos`` puts both sides next to each other; see :mod:`farmkit.research.split`.
 
     >>> res = sweep(SmaCross, bars, {"fast": [5, 10], "slow": [30, 60]}, workers=2, commission=0.0005)
     >>> res.best("sharpe")
@@ -318,7 +318,7 @@ def _table(outcomes: list[tuple], names: list[str]) -> pd.DataFrame:
 
 
 def _notebook_sweep(path: Path, data, grid, *, workers, settings, progress, extra) -> SweepResult:
-    from farmkit import notebooks
+    from farmkit.research import notebooks
 
     if data is not None:
         raise ParameterError("a notebook makes its own data from its parameters: pass data=None "

@@ -6,7 +6,7 @@ thread, so the strategy never waits on the store; what the store refuses is spil
 
 With a ``state_dir`` the run survives restarts: a checkpoint is saved after every committed FMEL
 batch, each bar accepted from the bus is journaled before its message is acked (see
-:mod:`farmkit.inbox`), a status file tells the runner how the run is doing, and a ``stop`` file asks
+:mod:`farmkit.live.inbox`), a status file tells the runner how the run is doing, and a ``stop`` file asks
 it to stop cleanly. Started again with the same ``state_dir``, it resumes: same run id, bar numbers
 continuing after the last committed batch, account restored, nothing recorded or ordered twice.
 """
@@ -28,10 +28,10 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from farmkit import checkpoint as _checkpoint
+from farmkit.live import checkpoint as _checkpoint
 from farmkit import leaderboard
 from farmkit.brokers import open_broker
-from farmkit.checkpoint import Checkpoint, CheckpointError
+from farmkit.live.checkpoint import Checkpoint, CheckpointError
 from farmkit.data.bars import Bars, to_bars
 from farmkit.errors import ShadowedParameter
 from farmkit.brokers.config import BrokerConfig
@@ -40,9 +40,9 @@ from farmkit.feeds import LiveFeed, ack_taken
 from farmkit.fmel.recorder import Assembler, FmelRecorder, num2ns
 from farmkit.fmel.stores import open_store
 from farmkit.fmel.writer import BatchWriter
-from farmkit.inbox import Inbox
-from farmkit.resume import SessionHook, Snapshots, checkpoint_of, tail_frames
-from farmkit.router import BarRouter
+from farmkit.live.inbox import Inbox
+from farmkit.live.resume import SessionHook, Snapshots, checkpoint_of, tail_frames
+from farmkit.live.router import BarRouter
 from farmkit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class PaperSession:
         self.state = "starting"
         self.handle = None                       # the bus subscription; replaced when it is made again
         self.resubscribe = None
-        self.replay = None                       # a farmkit.replay.Replay publishing on the run's bus
+        self.replay = None                       # a farmkit.live.replay.Replay publishing on the run's bus
 
     @property
     def last_bar_timestamp(self) -> str | None:
@@ -192,7 +192,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     ``state_dir`` keeps checkpoints, the inbox journal and the status file; a checkpoint found there
     (or passed as ``resume``) is resumed. ``tail_bars`` bars per symbol go into each checkpoint.
     ``replay`` (default ``FARM_REPLAY``: ``"synthetic"`` or a file of bars) publishes a replayed market
-    on the run's own bus at ``replay_speed`` times real time (see :mod:`farmkit.replay`); a file's
+    on the run's own bus at ``replay_speed`` times real time (see :mod:`farmkit.live.replay`); a file's
     replay ends the run when all its bars are processed.
 
     >>> res = fk.paper(SmaCross, ["AAPL"], bus="pubsub://my-project", history=bars, max_bars=390)
@@ -234,7 +234,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     replay = replay if replay is not None else settings.replay
     replay_bars = None
     if replay:
-        from farmkit.replay import load_replay, trim_history
+        from farmkit.live.replay import load_replay, trim_history
         replay_bars = load_replay(replay, symbols, history)
         history = trim_history(history, replay_bars)
     if resume is not None:
@@ -314,13 +314,15 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     updates = leaderboard.LiveUpdates(settings, store.runs.get(run_id) or {"run_id": run_id, "agent_id": agent_id,
                                       "mode": "paper"}, recorder, every=settings.leaderboard_every).start()
     if replay_bars is not None:
-        from farmkit.replay import Replay
+        from farmkit.live.replay import Replay
         session.replay = Replay(replay_bars, bus, topic=topic, speed=replay_speed or settings.replay_speed,
                                 source="synthetic" if replay == "synthetic" else "replay").start()
         log.info("replaying %d bars of %s at %gx real time on %s", len(session.replay), replay,
                  session.replay.speed, topic)
     watcher = threading.Thread(target=_watch, args=(session, max_bars, duration, status_every), daemon=True)
     watcher.start()
+    threading.Thread(target=_heartbeats, args=(store, run_id, session.stopping), daemon=True,
+                     name="farm-heartbeat").start()
     if on_start:
         on_start(session)
 
@@ -359,7 +361,7 @@ def paper_from_plan(plan):
     """A notebook's ``fk.backtest`` call in a paper pod (``FARM_MODE=paper``): the same strategy,
     parameters and broker model on live bars; the notebook's bars (or the warm-up the settings name)
     prime the indicators, and give the bar size."""
-    from farmkit.warmup import warmup_history
+    from farmkit.live.warmup import warmup_history
 
     settings, bars = plan.settings, plan.bars
     history = warmup_history(settings.warmup, list(bars), settings.warmup_bars, bars, home=settings.home,
@@ -417,6 +419,19 @@ def _replay_drained(session: PaperSession) -> bool:
     if any(feed.haslivedata() for feed in session.feeds.values()):
         return False
     return session.last_bar_at is None or time.time() - session.last_bar_at > 1.0
+
+
+def _heartbeats(store, run_id: str, stopping: threading.Event) -> None:
+    # Readers on other machines (the API, notebooks) tell a live pod from a lost one by these.
+    from farmkit.fmel.registry import HEARTBEAT_EVERY
+
+    while True:
+        try:
+            store.runs.heartbeat(run_id)
+        except Exception as exc:  # noqa: BLE001 - a store outage must not stop trading; the next beat may pass
+            log.warning("could not record the run's heartbeat (%s: %s)", type(exc).__name__, exc)
+        if stopping.wait(HEARTBEAT_EVERY):
+            return
 
 
 def _watch(session: PaperSession, max_bars: int | None, duration: float | None, status_every: float) -> None:

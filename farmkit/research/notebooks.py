@@ -387,7 +387,7 @@ def _interrupted(store, run_id: str, started: float, row: dict) -> dict:
 
 def _quiet_log():
     import logging
-    log = logging.getLogger("farmkit.notebooks.kernel")
+    log = logging.getLogger("farmkit.research.notebooks.kernel")
     log.setLevel(logging.WARNING)
     return log
 

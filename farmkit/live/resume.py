@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from farmkit.checkpoint import Checkpoint
+from farmkit.live.checkpoint import Checkpoint
 from farmkit.fmel.recorder import Batch, FmelRecorder, num2ns
 
 META_KEY = b"farm.checkpoint"

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 
 import yaml
 
-from farmkit import checkpoint
+from farmkit.live import checkpoint
 from farmkit.errors import ConfigError, FarmError
 from farmkit.settings import Settings
 
@@ -195,9 +195,9 @@ OWNER_ANNOTATION = "thefarm.dev/owner"
 
 def _default_render(agent_dir: Path, **kwargs):
     try:
-        from farmkit.deploy import render_agent
+        from farmkit.ops.deploy import render_agent
     except ImportError as exc:
-        raise ConfigError(f"the Kubernetes orchestrator renders agents with farmkit.deploy.render_agent, "
+        raise ConfigError(f"the Kubernetes orchestrator renders agents with farmkit.ops.deploy.render_agent, "
                           f"which this farmkit does not have ({exc})") from None
     return render_agent(agent_dir, **kwargs)
 
@@ -217,7 +217,7 @@ def manifests(rendered) -> list[dict]:
 
 
 class KubernetesOrchestrator:
-    """Each agent's paper run is its StatefulSet (``render_agent(agent_dir)`` from :mod:`farmkit.deploy`,
+    """Each agent's paper run is its StatefulSet (``render_agent(agent_dir)`` from :mod:`farmkit.ops.deploy`,
     the same templates as ``k8s/``), created and deleted through the official ``kubernetes`` client.
 
     ``apps`` and ``core`` are ``kubernetes.client.AppsV1Api`` / ``CoreV1Api`` (default: from the
@@ -331,7 +331,7 @@ class KubernetesOrchestrator:
 
 def open_orchestrator(spec: str, settings: Settings, agents, *, runner_image: str | None = None) -> Orchestrator:
     """``local`` (a child process per agent) or ``kubernetes[://NAMESPACE]`` (agents' pods run
-    ``runner_image``, default :data:`farmkit.deploy.DEFAULT_IMAGE`)."""
+    ``runner_image``, default :data:`farmkit.ops.deploy.DEFAULT_IMAGE`)."""
     if spec == "local":
         return LocalProcessOrchestrator(settings, agents)
     if spec == "kubernetes" or spec.startswith("kubernetes://"):

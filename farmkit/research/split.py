@@ -3,7 +3,7 @@
 A split cuts every symbol at the same timestamp. Parameters are chosen on the in-sample side only;
 the out-of-sample side says how they did on bars the choice never saw.
 
->>> from farmkit.split import split_bars, walk_forward, WalkForward
+>>> from farmkit.research.split import split_bars, walk_forward, WalkForward
 >>> is_bars, oos_bars = split_bars(bars, 0.7)            # or split_bars(bars, "2024-01-05")
 >>> [w.oos_start for w in walk_forward(bars, 4)]          # or anchored=True, train=0.5
 >>> fk.sweep(SmaCross, bars, grid, split=WalkForward(windows=4), warmup_bars=60).summary()
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from farmkit import metrics as _metrics
-from farmkit import trials
+from farmkit.research import trials
 from farmkit.data.bars import Bars
 from farmkit.errors import DataError, ParameterError
 
@@ -249,7 +249,7 @@ def run_out_of_sample(strategy: type, bars: Bars, window: Window, params: dict, 
     """One ``fk.backtest`` of the chosen ``params`` on the window's out-of-sample bars (after
     ``warmup_bars`` of warm-up), registered with ``sweep_id`` and ``segment``, its registry
     metrics replaced by those of the out-of-sample part alone. ``(run_id, curve, error)``."""
-    from farmkit.engine import backtest  # the engine imports nothing from here; keep it that way
+    from farmkit.research.backtest import backtest  # the engine imports nothing from here; keep it that way
 
     try:
         res = backtest(strategy, with_warmup(bars, window, warmup_bars), store=store, progress="off",

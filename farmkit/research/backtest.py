@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from farmkit import trials
+from farmkit.research import trials
 from farmkit.brokers.config import BrokerConfig
 from farmkit.data.bars import Bars, to_bars
 from farmkit.fmel.recorder import FmelRecorder
@@ -157,3 +157,6 @@ def run(plan: Plan):
 @functools.wraps(plan)
 def backtest(*args, **kwargs):
     return run(plan(*args, **kwargs))
+
+
+backtest.__name__ = backtest.__qualname__ = "backtest"

@@ -1,6 +1,6 @@
 """Where promoted agents live, behind one interface: a local folder (``agents/``) or a GCS bucket.
 
-An agent is a folder holding ``agent.ipynb`` and ``agent.yaml`` (see :mod:`farmkit.promote`); the
+An agent is a folder holding ``agent.ipynb`` and ``agent.yaml`` (see :mod:`farmkit.ops.promote`); the
 store adds who owns it (an ``owner:`` line in ``agent.yaml``).
 
     store = open_agent_store("agents")                  # the local folder
@@ -21,7 +21,7 @@ from typing import Protocol
 import yaml
 
 from farmkit.errors import ConfigError
-from farmkit.promote import _check_name
+from farmkit.ops.promote import _check_name
 
 FILES = ("agent.ipynb", "agent.yaml")
 

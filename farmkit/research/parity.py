@@ -69,7 +69,7 @@ def parity(paper_run_id: str, strategy: type, *, store=None, cash: float | None 
 
     >>> fk.parity(paper_res.run_id, SmaCross).identical
     """
-    from farmkit.engine import backtest
+    from farmkit.research.backtest import backtest
 
     store = default_store(store)
     records = store.fmel(paper_run_id)

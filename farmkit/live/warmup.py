@@ -47,7 +47,7 @@ def warmup_history(source: str, symbols, n: int | None, notebook_bars: Bars | No
         bars = alpaca(symbols, start=now - pd.Timedelta(days=days), end=now, environ=environ)
         return last_bars(bars, n)
     if source == "archive":
-        from farmkit.archive import LocalArchive, open_archive
+        from farmkit.data.archive import LocalArchive, open_archive
         from farmkit.settings import Settings
 
         if store is not None:

@@ -24,7 +24,7 @@ import nbformat
 import yaml
 
 from farmkit.version import __version__
-from farmkit import notebooks
+from farmkit.research import notebooks
 from farmkit.errors import FarmError
 from farmkit.fmel.stores import open_store
 from farmkit.settings import Settings

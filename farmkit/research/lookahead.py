@@ -4,7 +4,7 @@ A strategy that only uses the past makes the same decisions and tracks the same 
 whether the data ends at bar ``k`` or goes on for a year. So: backtest once on all the data, backtest
 again on the data cut at a few points, and compare each truncated run, bar by bar, with the full run.
 
->>> from farmkit.lookahead import check_lookahead
+>>> from farmkit.research.lookahead import check_lookahead
 >>> report = check_lookahead(SmaCross, bars, cuts=5, fast=5)
 >>> report.ok, report.first_bar
 >>> report.differences.head()
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from farmkit.data.bars import Bars, to_bars
-from farmkit.engine import backtest
+from farmkit.research.backtest import backtest
 from farmkit.errors import FarmError, StrategyError
 from farmkit.fmel.stores import open_store
 from farmkit.result import BacktestResult
@@ -227,7 +227,7 @@ def check_notebook(path, params: dict | None = None, *, cuts: int = 5, settings:
     """
     import nbformat
 
-    from farmkit import notebooks
+    from farmkit.research import notebooks
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)

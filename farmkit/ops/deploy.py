@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from farmkit import __version__
+from farmkit.version import __version__
 from farmkit.errors import FarmError
 
 __all__ = ["DEFAULT_IMAGE", "TEMPLATE_NAME", "DeployError", "apply", "main", "register", "render_agent",
@@ -227,7 +227,7 @@ def run_shard(notebook: str | Path, grid: dict[str, list], *, index: int, shards
               settings=None) -> list[dict]:
     """Run this shard's trials of a notebook sweep, each a registered run under ``sweep_id``; returns
     one row per trial (the point, run_id, status, error). A failing trial does not stop the others."""
-    from farmkit import notebooks
+    from farmkit.research import notebooks
 
     points = shard_points(notebooks.grid_points(notebook, grid), index, shards)
     rows = []
@@ -241,10 +241,10 @@ def run_shard(notebook: str | Path, grid: dict[str, list], *, index: int, shards
 
 
 def main(argv: list[str] | None = None, environ=None) -> int:
-    """``python -m farmkit.deploy shard NOTEBOOK --grid NAME=V1,V2 ... --shards N --sweep-id ID``:
+    """``python -m farmkit.ops.deploy shard NOTEBOOK --grid NAME=V1,V2 ... --shards N --sweep-id ID``:
     one index of a sweep's Indexed Job (the index comes from JOB_COMPLETION_INDEX)."""
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m farmkit.deploy", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m farmkit.ops.deploy", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     shard = sub.add_parser("shard", help="run one shard of a notebook sweep (a pod of an Indexed Job)")
     shard.add_argument("notebook")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
     index = args.index
     if index is None:
         if not str(environ.get("JOB_COMPLETION_INDEX", "")).isdigit():
-            print("python -m farmkit.deploy shard: no --index and no JOB_COMPLETION_INDEX (set by an Indexed Job)",
+            print("python -m farmkit.ops.deploy shard: no --index and no JOB_COMPLETION_INDEX (set by an Indexed Job)",
                   file=sys.stderr)
             return 2
         index = int(environ["JOB_COMPLETION_INDEX"])
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
     try:
         rows = run_shard(args.notebook, grid, index=index, shards=args.shards, sweep_id=args.sweep_id)
     except FarmError as exc:
-        print(f"python -m farmkit.deploy shard: {exc}", file=sys.stderr)
+        print(f"python -m farmkit.ops.deploy shard: {exc}", file=sys.stderr)
         return 2
     for row in rows:
         print(json.dumps(row, default=str))

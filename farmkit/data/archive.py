@@ -34,7 +34,7 @@ __all__ = ["BAR_SCHEMA", "NEWS_SCHEMA", "REGISTRY", "ArchiveWriter", "Archiver",
            "bars_table",
            "news_table", "open_archive", "read_bars", "read_news"]
 
-log = logging.getLogger("farmkit.archive")
+log = logging.getLogger("farmkit.data.archive")
 _TS = pa.timestamp("us", tz="UTC")
 BAR_SCHEMA = pa.schema([("symbol", pa.string()), ("timestamp", _TS), ("open", pa.float64()), ("high", pa.float64()),
                         ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()),

@@ -82,15 +82,20 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true", help="replace an existing agent of that name")
     pr.set_defaults(handler=_promote)
 
-    pa = sub.add_parser("parity", help="replay a paper run through a backtest and compare decisions",
+    pa = sub.add_parser("parity", help="replay a paper run through a backtest and compare decisions and fills",
                         description="Rebuild the bars a paper run consumed from its FMEL, backtest the same "
-                        "strategy on them with the run's parameters, and report identical decisions or the "
-                        "first divergence with both records side by side. Exits 1 on a divergence.",
+                        "strategy on them with the run's parameters and broker model, and compare decisions, "
+                        "orders, fills (size, price, commission) and positions bar by bar: identical, or the "
+                        "first divergence by field with both records side by side. Exits 1 on a divergence.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  farm parity paper-20261124-101500-ab12cd --strategy strategies.py:SmaCross")
+                        epilog="examples:\n"
+                        "  farm parity paper-20261124-101500-ab12cd --strategy strategies.py:SmaCross\n"
+                        "  farm parity paper-20261124-101500-ab12cd --strategy mypackage.strategies:SmaCross\n"
+                        "  farm parity paper-20261124-101500-ab12cd --strategy notebooks/strategies/sma_crossover.ipynb\n"
+                        "  farm parity paper-20261124-101500-ab12cd --strategy agents/sma-crossover")
     pa.add_argument("run_id")
-    pa.add_argument("--strategy", required=True, metavar="FILE.py:CLASS",
-                    help="where the strategy class is: a Python file or module, and the class name")
+    pa.add_argument("--strategy", required=True, metavar="SPEC",
+                    help="the strategy: FILE.py:CLASS, module:CLASS, NOTEBOOK.ipynb[:CLASS] or an agent folder")
     pa.set_defaults(handler=_parity)
 
     lb = sub.add_parser("leaderboard", help="the best agents by a metric (Redis leaderboards)",

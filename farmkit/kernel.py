@@ -238,7 +238,7 @@ class Run:
         params = self.params
         self.store.runs.upsert(
             self.run_id, agent_id=self.agent_id, strategy=self.name, mode=self.mode, status="running",
-            params={k: _plain(v) for k, v in params.items()},
+            params={k: _plain(v) for k, v in params.items()}, broker=self.broker.to_record(),
             params_hash=hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16],
             data_fingerprint=data_fingerprint, code_hash=self.code, farmkit_version=__version__,
             started_at=pd.Timestamp(self.started, unit="s", tz="UTC"), error=None, failed_bar=None)

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 HIGHER, LOWER = 1, -1
 # Metric -> which way is better. max_drawdown is negative (-0.12 for a 12% fall), so higher, i.e.
 # closer to 0, is better too; a metric where lower is better (volatility, say) would say LOWER.
+CHECKS = ("parity", "lookahead")   # segments of runs made to check another run: never on a board
 METRICS: dict[str, int] = {"sharpe": HIGHER, "dsr": HIGHER, "total_return": HIGHER, "max_drawdown": HIGHER}
 BOARDS = ("backtest", "paper")
 _BOARD_OF_MODE = {None: "backtest", "backtest": "backtest", "paper": "paper"}
@@ -272,6 +273,8 @@ def publish(target, run: dict | None) -> bool:
     if run is None:
         log.warning("leaderboard: no run to record (the run registry has no row for it)")
         return False
+    if run.get("segment") in CHECKS:
+        return False
     try:
         record_run(target, run)
         return True
@@ -299,7 +302,7 @@ def rebuild(settings: Settings | None = None, *, store=None, client=None, clear:
     frame = store.runs.frame("WHERE status = 'done'")
     count = 0
     for row in frame.to_dict("records"):
-        if row.get("mode") in _BOARD_OF_MODE:
+        if row.get("mode") in _BOARD_OF_MODE and row.get("segment") not in CHECKS:
             record_run(client, row)
             count += 1
     return count

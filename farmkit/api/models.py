@@ -172,8 +172,33 @@ class Difference(BaseModel):
     timestamp: str | None
     bar_a: int | None
     bar_b: int | None
+    field: str | None = Field(None, description="the first of decisions, orders, fills, positions that differs")
+    a: Any = None
+    b: Any = None
     decisions_a: Any
     decisions_b: Any
+
+
+class WhyNotRow(BaseModel):
+    kind: str = Field(description="condition, broker (an order turned down or never placed), tracked or recent")
+    condition: str
+    value: Any = None
+    op: str | None = None
+    threshold: float | None = None
+    met: bool | None = None
+    distance: float | None = None
+    detail: str | None = None
+
+
+class WhyNot(BaseModel):
+    run_id: str
+    bar_number: int
+    timestamp: str | None
+    decisions: list[str]
+    traded: bool
+    refused: list[str]
+    hint: str | None = None
+    rows: list[WhyNotRow]
 
 
 class Comparison(BaseModel):

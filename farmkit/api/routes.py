@@ -21,7 +21,8 @@ from farmkit.api.context import ApiError, Context, context, current_user
 from farmkit.api.auth import User
 from farmkit.api.broker import NoBrokerState
 from farmkit.api.models import (AGENT_NAME, Account, Agent, AgentCreate, Boards, Comparison, DecisionRow,
-                                Explanation, LeaderboardEntry, Logs, Order, Page, PaperStatus, Position, Rank, Run)
+                                Explanation, LeaderboardEntry, Logs, Order, Page, PaperStatus, Position, Rank, Run,
+                                WhyNot)
 from farmkit.errors import FarmError
 from farmkit.fmel import query
 from farmkit.ops.orchestrators import OrchestratorError
@@ -376,10 +377,30 @@ async def explain(ctx: Ctx, user: Me, run_id: RunId, bar: Annotated[int, PathPar
     return await run_in_threadpool(_explain, ctx, user, run_id, bar)
 
 
+@router.get("/fmel/runs/{run_id}/bars/{bar}/why-not", response_model=WhyNot, tags=["fmel"])
+def why_not(ctx: Ctx, user: Me, run_id: RunId, bar: Annotated[int, PathParam(ge=0, le=10**9)]):
+    """Why the strategy did not trade at a bar, or why its trade did not happen: its conditions and
+    how far each was from holding, orders the broker turned down, else its tracked values and recent
+    decisions."""
+    _own_run(ctx, user, run_id)
+    try:
+        table = query.why_not(run_id, bar=bar, store=ctx.store)
+    except KeyError as exc:
+        raise ApiError(404, "not_found", str(exc.args[0]) if exc.args else str(exc)) from None
+    rows = [_plain(r) for r in table.to_dict("records")]
+    for r in rows:
+        r["value"] = r["value"] if isinstance(r["value"], (int, float, str, bool, type(None))) else str(r["value"])
+    attrs = table.attrs
+    return {"run_id": run_id, "bar_number": attrs["bar_number"], "timestamp": _plain(attrs["timestamp"]),
+            "decisions": [str(d) for d in attrs["decisions"]], "traded": attrs["traded"], "refused": attrs["refused"],
+            "hint": attrs.get("hint"), "rows": rows}
+
+
 @router.get("/fmel/compare", response_model=Comparison, tags=["fmel"])
 def compare(ctx: Ctx, user: Me, run_a: Annotated[str, Query(min_length=1, max_length=200)],
             run_b: Annotated[str, Query(min_length=1, max_length=200)], limit: Limit = 50):
-    """Two runs' decisions compared bar by bar (by bar time): identical or where they differ."""
+    """Two runs compared bar by bar (by bar time): decisions, orders, fills and positions; identical, or
+    where they differ and in which field first."""
     _own_run(ctx, user, run_a)
     _own_run(ctx, user, run_b)
     try:

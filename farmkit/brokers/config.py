@@ -52,6 +52,38 @@ class BrokerConfig:
         """The keyword arguments of ``fk.backtest`` that rebuild this broker."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def to_record(self) -> dict:
+        """The broker model as plain JSON (the run registry's ``broker``): the sizer by its import
+        path ``module:Class``."""
+        record = self.as_kwargs()
+        if self.sizer is not None:
+            record["sizer"] = f"{self.sizer.__module__}:{self.sizer.__qualname__}"
+        record["sizer_params"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in self.sizer_params.items()}
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict) -> "BrokerConfig":
+        """The broker model :meth:`to_record` wrote (fields it does not know are refused)."""
+        record = dict(record)
+        sizer = record.get("sizer")
+        if isinstance(sizer, str):
+            import importlib
+
+            module, _, name = sizer.partition(":")
+            try:
+                found = importlib.import_module(module)
+                for part in name.split("."):
+                    found = getattr(found, part)
+            except (ImportError, AttributeError) as exc:
+                raise ValueError(f"the run's sizer {sizer} cannot be imported here ({exc}); make its module "
+                                 f"importable, or give the broker model yourself") from None
+            record["sizer"] = found
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(f"unknown broker field(s) {', '.join(unknown)}")
+        return cls(**record)
+
     def cerebro_kwargs(self) -> dict:
         """What the broker model asks of cerebro itself: cheat-on-open is cerebro's switch."""
         return {"cheat_on_open": True} if self.coo else {}

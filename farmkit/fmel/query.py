@@ -217,34 +217,103 @@ def decisions(run_id: str | None = None, *, agent_id: str | None = None, start=N
 _DISTANCE = {">": lambda v, t: t - v, ">=": lambda v, t: t - v, "<": lambda v, t: v - t, "<=": lambda v, t: v - t}
 
 
-def why_not(run_id: str, timestamp=None, *, bar: int | None = None, store=None) -> pd.DataFrame:
-    """Why the strategy did not trade at a bar: each condition it recorded with ``self.condition``,
-    its value, the threshold, whether it held, and how far the value was from meeting it.
+REFUSED = ("margin", "rejected", "cancelled", "expired")   # how the broker turns an order down
+WHY_NOT_COLUMNS = ["kind", "condition", "value", "op", "threshold", "met", "distance", "detail"]
+
+
+def why_not(run_id: str, timestamp=None, *, bar: int | None = None, store=None, recent: int = 3,
+            horizon: int = 50) -> pd.DataFrame:
+    """Why the strategy did not trade at a bar, or why its trade did not happen. One row per reason:
+
+    - ``condition``: each condition recorded with ``self.condition``: its value, the threshold,
+      whether it held and how far the value was from meeting it;
+    - ``broker``: an order decided here that the broker turned down (margin, rejected, cancelled,
+      expired) within ``horizon`` bars, or a decision that placed no order (a sizer gave size 0);
+    - without conditions, ``tracked`` (each value the strategy tracked at the bar) and ``recent``
+      (its last ``recent`` trading decisions before the bar), so there is always something to read.
 
     >>> fk.fmel.why_not(res.run_id, "2024-01-03 15:42")
     """
+    store = default_store(store)
     rec = record(run_id, bar, timestamp, store=store)
-    conditions = ((rec["strategy_state"] or {}).get("tracked") or {}).get("conditions")
-    taken = [d for d in rec["decisions"] or [] if d.get("action") not in ("hold", None)]
-    if not conditions:
-        tracked = ", ".join((rec["strategy_state"] or {}).get("tracked", {})) or "none"
-        raise KeyError(f"run {run_id} recorded no conditions at bar {rec['bar_number']}; record them in next() "
-                       f"with self.condition(name, value, op, threshold). Tracked values there: {tracked}")
+    number = int(rec["bar_number"])
+    tracked = dict((rec["strategy_state"] or {}).get("tracked") or {})
+    conditions = tracked.pop("conditions", None) or {}
+    decided = rec["decisions"] or []
+    taken = [d for d in decided if d.get("action") not in ("hold", "error", None)]
     rows = []
     for name, c in conditions.items():
         value = c.get("value")
         distance = None if value is None else max(0.0, _DISTANCE[c["op"]](value, c["threshold"]))
-        rows.append((name, value, c["op"], c["threshold"], c["met"], distance))
-    table = pd.DataFrame(rows, columns=["condition", "value", "op", "threshold", "met", "distance"])
-    table.attrs.update(run_id=run_id, bar_number=int(rec["bar_number"]), timestamp=rec["timestamp"],
-                       decisions=[d.get("action") for d in rec["decisions"] or []], traded=bool(taken))
+        rows.append(("condition", name, value, c["op"], c["threshold"], c["met"], distance, None))
+    refused = _refusals(store, run_id, number, taken, rec["actions"] or [], horizon)
+    rows += [("broker", what, None, None, None, False, None, detail) for what, detail in refused]
+    if not conditions:
+        rows += [("tracked", name, value, None, None, None, None, None) for name, value in tracked.items()]
+        rows += [("recent", f"bar {b}", None, None, None, None, None, text)
+                 for b, text in _recent(store, run_id, number, recent)]
+    table = pd.DataFrame(rows, columns=WHY_NOT_COLUMNS)
+    table.attrs.update(run_id=run_id, bar_number=number, timestamp=rec["timestamp"],
+                       decisions=[d.get("action") for d in decided], traded=bool(taken) and not refused,
+                       refused=[detail for _, detail in refused])
+    if not conditions:
+        table.attrs["hint"] = ("no conditions recorded at this bar: record them in next() with "
+                               "self.condition(name, value, op, threshold) to see how far each was from holding")
     return table
+
+
+def _refusals(store, run_id: str, bar: int, taken: list[dict], actions: list[dict], horizon: int) -> list[tuple]:
+    found = []
+    refs = {ref: d for d in taken for ref in d.get("orders") or []}
+    for d in taken:
+        if not d.get("orders") and d.get("action") != "cancel":
+            found.append((f"{d.get('action')} {d.get('symbol')}",
+                          "no order was placed: the size came out as 0 (the sizer, or a target already met)"))
+    if not refs:
+        return found
+    later = [(bar, actions)]
+    if horizon:
+        frame = store.sql(f"SELECT bar_number, actions FROM fmel WHERE bar_number > {bar} "
+                          f"AND bar_number <= {bar + int(horizon)} ORDER BY bar_number", run_id=run_id)
+        later += [(int(b), json.loads(a) if isinstance(a, str) else (a or [])) for b, a in
+                  zip(frame.bar_number, frame.actions)]
+    for at, events in later:
+        for event in events:
+            ref = event.get("order")
+            if ref in refs and event.get("event") in REFUSED:
+                d = refs.pop(ref)
+                reason = {"margin": "not enough cash or margin for it", "rejected": "the broker rejected it",
+                          "cancelled": "it was cancelled", "expired": "it expired unfilled"}[event["event"]]
+                found.append((f"{d.get('action')} {d.get('symbol')}",
+                              f"order {ref} ({event.get('side')} {event.get('size')}) {event['event']} at bar {at}: "
+                              f"{reason}"))
+    return found
+
+
+def _recent(store, run_id: str, bar: int, n: int) -> list[tuple[int, str]]:
+    if n <= 0:
+        return []
+    # Holds are most bars: read the last few thousand and keep the trading ones (JSON is read here,
+    # not in SQL, so the same query runs on DuckDB and BigQuery).
+    frame = store.sql(f"SELECT bar_number, decisions FROM fmel WHERE bar_number < {bar} "
+                      f"AND bar_number >= {bar - 5000} ORDER BY bar_number DESC", run_id=run_id)
+    out = []
+    for b, text in zip(frame.bar_number, frame.decisions):
+        kept = [d for d in (json.loads(text) if isinstance(text, str) else text or []) if d.get("action") != "hold"]
+        if kept:
+            out.append((int(b), "; ".join(f"{d.get('action')} {d.get('symbol')} size={d.get('size')}"
+                                          + (f" because {d['reason']}" if d.get("reason") else "") for d in kept)))
+        if len(out) == n:
+            break
+    return out[::-1]
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two runs' decisions bar by bar (aligned on bar time). ``differences`` has one row per bar
-    where they differ; ``side_by_side`` shows both records of the first such bar."""
+    """Two runs bar by bar (aligned on bar time): decisions, orders, fills (size, price, commission)
+    and positions. ``differences`` has one row per bar where they differ, naming the first field that
+    does (``field``, with ``a`` and ``b`` its values); ``side_by_side`` shows both records of the
+    first such bar."""
 
     run_a: str
     run_b: str
@@ -258,22 +327,41 @@ class Comparison:
 
     def __str__(self) -> str:
         if self.identical:
-            return f"runs {self.run_a} and {self.run_b} took identical decisions on all {self.bars} bars"
+            return (f"runs {self.run_a} and {self.run_b} took identical decisions, orders, fills and positions "
+                    f"on all {self.bars} bars")
         first = self.differences.iloc[0]
         return (f"runs {self.run_a} and {self.run_b} first differ at {first.timestamp} (bar {first.bar_a} of "
-                f"{self.run_a}): {first.decisions_a} against {first.decisions_b}; "
+                f"{self.run_a}) in {first.field}: {first.a} against {first.b}; "
                 f"{len(self.differences)} bar(s) differ in all")
 
     def _repr_html_(self) -> str:
         return f"<p>{self}</p>" + ("" if self.side_by_side is None else self.side_by_side.to_html())
 
 
+FIELDS = ("decisions", "orders", "fills", "positions")   # compared in this order; the first that differs is named
+
+
 def _decided(text: str) -> list[tuple]:
     return [(d.get("action"), d.get("symbol"), d.get("size")) for d in json.loads(text)]
 
 
+def _facts(row) -> dict[str, object]:
+    actions = json.loads(row.actions or "[]")
+    state = json.loads(row.strategy_state or "{}")
+    return {
+        "decisions": _decided(row.decisions),
+        "orders": [(a.get("symbol"), a.get("side"), a.get("type"), a.get("size"), a.get("price"))
+                   for a in actions if a.get("event") == "submitted"],
+        "fills": [(a.get("symbol"), a.get("side"), a.get("filled_size"), a.get("fill_price"), a.get("commission"))
+                  for a in actions if a.get("filled_size")],
+        "positions": {k: v for k, v in (state.get("positions") or {}).items() if v},
+    }
+
+
 def compare(run_a: str, run_b: str, *, store=None) -> Comparison:
-    """Compare two runs' decisions (action, symbol, size) on the bars they share, by bar time.
+    """Compare two runs on the bars they share, by bar time: decisions (action, symbol, size), orders
+    submitted (symbol, side, type, size, price), fills (symbol, side, size, price, commission) and
+    positions. Order ids are not compared: they count every order of a process.
 
     >>> fk.fmel.compare(run_a, run_b).side_by_side
     """
@@ -281,16 +369,23 @@ def compare(run_a: str, run_b: str, *, store=None) -> Comparison:
     a, b = store.fmel(run_a), store.fmel(run_b)
     if a.empty or b.empty:
         raise KeyError(f"no FMEL records for run {run_a if a.empty else run_b!r}; fk.runs() lists the runs")
-    other = b.set_index("timestamp")
+    other = {row.timestamp: row for row in b.itertuples(index=False)}
     rows = []
-    for bar, ts, text in zip(a.bar_number, a.timestamp, a.decisions):
-        if ts not in other.index:
-            rows.append((ts, bar, None, _decided(text), "(no bar)"))
+    for row in a.itertuples(index=False):
+        mine = _facts(row)
+        if row.timestamp not in other:
+            rows.append((row.timestamp, row.bar_number, None, "bar", "present", "(no bar)",
+                         mine["decisions"], "(no bar)"))
             continue
-        mine, theirs = _decided(text), _decided(other.at[ts, "decisions"])
-        if mine != theirs:
-            rows.append((ts, bar, int(other.at[ts, "bar_number"]), mine, theirs))
-    differences = pd.DataFrame(rows, columns=["timestamp", "bar_a", "bar_b", "decisions_a", "decisions_b"])
+        match = other[row.timestamp]
+        theirs = _facts(match)
+        for name in FIELDS:
+            if mine[name] != theirs[name]:
+                rows.append((row.timestamp, row.bar_number, int(match.bar_number), name, mine[name], theirs[name],
+                             mine["decisions"], theirs["decisions"]))
+                break
+    differences = pd.DataFrame(rows, columns=["timestamp", "bar_a", "bar_b", "field", "a", "b", "decisions_a",
+                                              "decisions_b"])
     side = None
     if rows:
         first = differences.iloc[0]

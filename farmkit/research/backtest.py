@@ -54,13 +54,15 @@ def plan(strategy: type, data, cash: float = 100_000.0, commission: float = 0.0,
     of them keyed by symbol. The strategy's parameters are ``params={...}`` and/or extra keyword
     arguments; a parameter named like one of the options below goes in ``params``.
 
-    Every option means what backtrader's option of that name means, with backtrader's default:
-    ``cash``, ``commission`` (``broker.setcommission(commission=...)``), ``slippage_perc`` /
+    Every option means what backtrader's option of that name means, with backtrader's default, but
+    two: ``cash`` defaults to 100,000 (backtrader's broker starts with 10,000), and ``tz`` is the time
+    zone of naive input timestamps (not cerebro's ``tz``, which only changes how dates are shown).
+    The others: ``commission`` (``broker.setcommission(commission=...)``), ``slippage_perc`` /
     ``slippage_fixed`` with ``slip_open``, ``slip_limit``, ``slip_match``, ``slip_out``
     (``broker.set_slippage_*``), ``coc`` (``broker.set_coc``), ``coo`` (cerebro's ``cheat_on_open``:
     ``next_open()`` runs and its orders fill at the open), ``sizer``/``sizer_params``
     (``cerebro.addsizer``), ``runonce``, ``preload``, ``exactbars`` (cerebro's), ``fromdate`` and
-    ``todate`` (every feed's). ``tz`` is the time zone of naive input timestamps.
+    ``todate`` (every feed's).
 
     >>> res = fk.backtest(SmaCross, bars, cash=100_000, commission=0.0005, fast=5)
     >>> res.metrics["sharpe"], res.explain(bar=120)

@@ -98,6 +98,9 @@ class LookaheadReport:
         return self
 
 
+CHECK_SEGMENT = "lookahead"     # the registry's segment of a look-ahead check's own runs
+
+
 def check_lookahead(strategy, data=None, *, cuts: int = 5, cash: float = 100_000.0, commission: float = 0.0,
                     settings: Settings | None = None, **params) -> LookaheadReport:
     """Backtest ``strategy`` on all of ``data`` and on ``cuts`` truncations of it (cut evenly between
@@ -118,11 +121,15 @@ def check_lookahead(strategy, data=None, *, cuts: int = 5, cash: float = 100_000
     if data is None:
         raise TypeError("check_lookahead needs the data: check_lookahead(MyStrategy, bars, ...) or check_lookahead(res)")
     bars = to_bars(data)
-    # A lookahead run must not take the id `farm backtest` queued for the notebook's own backtest.
-    settings = (settings or Settings.from_env()).replace(run_id=None)
+    # A lookahead run must not take the id `farm backtest` queued for the notebook's own backtest. Its
+    # runs are a check, not research: off the leaderboard, and out of the strategy's family of trials
+    # (segment "lookahead"), so a truncated leaky run can neither top a board nor deflate anyone.
+    settings = (settings or Settings.from_env()).replace(run_id=None, redis="off")
     store = open_store(settings.store)
     run = dict(**broker, settings=settings, store=store, agent_id=f"{strategy.__name__}/lookahead", **params)
-    full = backtest(strategy, bars, **run).fmel
+    done_full = backtest(strategy, bars, **run)
+    store.runs.upsert(done_full.run_id, segment=CHECK_SEGMENT)
+    full = done_full.fmel
     clock = _clock(bars)
     found, counts, run_ids = [], [], []
     for n in _cut_points(bars, clock, cuts):
@@ -137,6 +144,7 @@ def check_lookahead(strategy, data=None, *, cuts: int = 5, cash: float = 100_000
             records, run_id = store.fmel(exc.run_id), exc.run_id
             bar = exc.bar_number if exc.bar_number is not None else 0   # None: raised before the first bar
             found.append((n, bar, exc.timestamp, "error", None, str(exc).split(". FMEL")[0]))
+        store.runs.upsert(run_id, segment=CHECK_SEGMENT)
         counts.append(n)
         run_ids.append(run_id)
         found.extend(_compare(full, records, n))

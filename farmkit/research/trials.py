@@ -31,15 +31,15 @@ _NAN = float("nan")
 
 
 def family(store, strategy: str, code_hash: str) -> pd.DataFrame:
-    """The finished backtests (status ``done``; not paper runs or parity replays) of one family, with a
+    """The finished backtests (status ``done``; not paper runs, parity replays or look-ahead checks' runs) of one family, with a
     ``sharpe_daily`` column.
 
     >>> trials.family(res.store, "SmaCross", run.code_hash).sharpe_daily.describe()
     """
-    # Research trials only: paper runs and parity replays (segment 'parity') are not choices being made.
+    # Research trials only: paper runs, parity replays and look-ahead checks' runs are not choices made.
     frame = store.runs.frame("WHERE strategy = ? AND code_hash = ? AND status = 'done' "
-                             "AND coalesce(mode, 'backtest') = 'backtest' AND coalesce(segment, '') <> 'parity'",
-                             (strategy, code_hash))
+                             "AND coalesce(mode, 'backtest') = 'backtest' "
+                             "AND coalesce(segment, '') NOT IN ('parity', 'lookahead')", (strategy, code_hash))
     annual = frame["metrics"].map(lambda m: m.get("sharpe") if isinstance(m, dict) else None)
     frame["sharpe_daily"] = pd.to_numeric(annual, errors="coerce").astype("float64") / math.sqrt(
         _metrics.TRADING_DAYS)

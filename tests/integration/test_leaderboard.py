@@ -382,3 +382,27 @@ def test_top_reads_rows_kept_with_the_ranking_and_falls_back_to_run_hashes(clien
     client.delete("farm:lb:backtest:rows:sharpe")
     again = leaderboard.top("sharpe", client=client)
     pd.testing.assert_frame_equal(again, kept)
+
+
+class Peeking(TrackedCross):
+    """Reads tomorrow's close: a leak that makes a great Sharpe ratio on full data."""
+
+    def next(self):
+        if len(self.data) < self.data.buflen() and self.data.close[1] > self.data.close[0] and not self.position:
+            self.buy(size=10, reason="knows the next close")
+        elif self.position and len(self.data) < self.data.buflen() and self.data.close[1] < self.data.close[0]:
+            self.close(reason="knows the next close")
+
+
+def test_a_look_ahead_checks_own_runs_never_reach_a_board_or_a_family(settings):
+    bars = fk.data.synthetic("AAPL", days=2, seed=3)
+    report = fk.check_lookahead(Peeking, bars, cuts=3, settings=settings)
+    assert not report.ok
+    agents = set(leaderboard.top("sharpe", n=100, settings=settings).agent)
+    assert not any(a.endswith("/lookahead") for a in agents), agents
+    store = open_store(settings.store)
+    checks = store.runs.frame("WHERE segment = 'lookahead'")
+    assert len(checks) == 1 + 3
+    from farmkit.research import trials
+    assert trials.family(store, "Peeking", checks.code_hash.iloc[0]).empty
+    assert leaderboard.rebuild(settings, store=store) == 0       # nor does a rebuild put them back

@@ -75,11 +75,17 @@ def _parser() -> argparse.ArgumentParser:
                         description="Copy the notebook to agents/NAME/agent.ipynb (outputs stripped) with an "
                         "agent.yaml manifest, then run both and check that they take identical decisions.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross")
-    pr.add_argument("notebook")
-    pr.add_argument("--name", required=True, help="agent name: lowercase letters, digits and dashes")
+                        epilog="examples:\n  farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross\n"
+                        "  farm promote --check agents/sma-cross")
+    pr.add_argument("notebook", help="the research notebook; with --check, the agent folder to re-verify")
+    pr.add_argument("--name", help="agent name: lowercase letters, digits and dashes")
     pr.add_argument("--agents-dir", default="agents", help="where agents live (default agents/)")
     pr.add_argument("--force", action="store_true", help="replace an existing agent of that name")
+    pr.add_argument("--image", help="runner image to pin the agent to, ideally REPO/runner@sha256:DIGEST "
+                    "(default FARM_RUNNER_IMAGE)")
+    pr.add_argument("--check", action="store_true",
+                    help="re-verify an existing agent against its agent.yaml (notebook, lock and installed "
+                    "packages, decisions, data fingerprint, warm-up, image); exits 1 if anything differs")
     pr.set_defaults(handler=_promote)
 
     pa = sub.add_parser("parity", help="replay a paper run through a backtest and compare decisions and fills",
@@ -213,9 +219,18 @@ def _check_lookahead(args) -> int:
 
 
 def _promote(args) -> int:
-    from farmkit.ops.promote import promote
+    from farmkit.ops.promote import check as check_agent, promote
+    if args.check:
+        print(f"Re-verifying {args.notebook} against its manifest (runs it once)...", file=sys.stderr)
+        report = check_agent(args.notebook)
+        print(report)
+        return 0 if report.ok else 1
+    if not args.name:
+        print("farm promote: --name NAME is required (the agent's name), e.g. "
+              f"farm promote {args.notebook} --name my-agent", file=sys.stderr)
+        return 2
     print(f"Promoting {args.notebook} to {args.agents_dir}/{args.name} (runs it twice to verify)...", file=sys.stderr)
-    agent = promote(args.notebook, args.name, agents_dir=args.agents_dir, force=args.force)
+    agent = promote(args.notebook, args.name, agents_dir=args.agents_dir, force=args.force, image=args.image)
     check = agent.manifest.get("verification", {})
     print(f"agent {agent.name} at {agent.path}: strategy {agent.manifest.get('strategy')}, "
           f"{check.get('bars')} bars of decisions verified identical (sha256 {str(check.get('decisions_sha256'))[:12]})")

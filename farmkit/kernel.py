@@ -334,6 +334,8 @@ class Run:
                                          broker=self.broker)
         result.metrics.update((extra_metrics(result) if callable(extra_metrics) else extra_metrics) or {})
         fields = {"data_fingerprint": data_fingerprint} if data_fingerprint else {}
+        if recorder.strategy is not None:   # bars before its first next(): backtrader's minimum period - 1
+            fields["warmup_bars"] = max(int(recorder.strategy._minperiod) - 1, 0)
         self.store.runs.upsert(self.run_id, status="done", metrics=result.metrics,
                                bars=recorder.first_bar + recorder.bars, finished_at=pd.Timestamp.now(tz="UTC"),
                                duration_s=time.time() - self.started, **fields)

@@ -31,6 +31,8 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     # `farm paper --replay`: the paper session publishes a replayed market on its own bus.
     "FARM_REPLAY": ("replay", None),        # synthetic | path to a CSV or Parquet file of bars
     "FARM_REPLAY_SPEED": ("replay_speed", "60"),  # multiple of real time (60: a minute bar per second)
+    # `farm promote`: the runner image an agent is pinned to, ideally by digest (REPO/runner@sha256:...).
+    "FARM_RUNNER_IMAGE": ("runner_image", None),
 }
 
 
@@ -59,6 +61,7 @@ class Settings:
     leaderboard_every: float = 60.0
     replay: str | None = None
     replay_speed: float = 60.0
+    runner_image: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

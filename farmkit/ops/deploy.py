@@ -60,13 +60,14 @@ def templates_dir(path: str | Path | None = None) -> Path:
                       + "; run from the repository's root or pass templates=PATH (--templates)")
 
 
-def render_agent(agent_dir: str | Path, *, image: str = DEFAULT_IMAGE, namespace: str = "farm",
+def render_agent(agent_dir: str | Path, *, image: str | None = None, namespace: str = "farm",
                  project: str | None = None, dataset: str = "farm", storage: str = "1Gi",
                  templates: str | Path | None = None) -> list[dict]:
     """The Kubernetes objects of one agent, from ``AGENT_DIR/agent.yaml`` and the templates in
     ``k8s/base/agent/``: a ConfigMap (agent.yaml and the notebook), a headless Service and a StatefulSet.
 
-    ``image`` is the runner image; ``namespace`` where the shared base is applied; ``project`` (optional)
+    ``image`` is the runner image (default: the one ``agent.yaml`` pins, by digest when ``farm promote``
+    was given one, else ``DEFAULT_IMAGE``); ``namespace`` where the shared base is applied; ``project`` (optional)
     pins FARM_BUS=pubsub://PROJECT and FARM_STORE=bigquery://PROJECT/DATASET on the pod, which otherwise
     takes them from the ConfigMap ``farm-config``; ``storage`` is the size of the checkpoint volume.
     Raises :class:`DeployError` naming what to fix (no agent.yaml, a notebook changed since promotion,
@@ -98,6 +99,7 @@ def render_agent(agent_dir: str | Path, *, image: str = DEFAULT_IMAGE, namespace
         raise DeployError(f"{notebook} is {len(notebook_bytes):,} bytes: too big for a ConfigMap (1 MiB); "
                           "clear its outputs or move data it embeds to files it reads")
 
+    image = image or (manifest.get("image") or {}).get("runner") or DEFAULT_IMAGE
     docs = _fill(_load_templates(templates_dir(templates)), name)
     labels = {"app.kubernetes.io/part-of": "the-farm", "app.kubernetes.io/version": str(manifest.get(
         "farmkit_version", __version__))}
@@ -189,7 +191,7 @@ def register(subparsers) -> None:
                "--image us-central1-docker.pkg.dev/my-project/farm/runner:0.1.0")
     parser.add_argument("agent_dir", help="the agent folder (agent.ipynb + agent.yaml), e.g. agents/sma-crossover")
     parser.add_argument("--dry-run", action="store_true", help="print the manifests instead of applying them")
-    parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"runner image (default {DEFAULT_IMAGE})")
+    parser.add_argument("--image", help=f"runner image (default: the one agent.yaml pins, else {DEFAULT_IMAGE})")
     parser.add_argument("--namespace", default="farm", help="namespace of the shared base (default farm)")
     parser.add_argument("--project", help="GCP project: pins FARM_BUS and FARM_STORE on the pod "
                                           "(default: the farm-config ConfigMap's)")

@@ -3,9 +3,16 @@
 A promotion is only kept if the promoted notebook makes the same decisions as the original: both
 are run as backtests with their default parameters and their FMEL decisions compared bar by bar.
 
+The manifest says what reproduces the run: the data's fingerprint, the warm-up the strategy actually
+needed (the bars before its first ``next()``: backtrader's minimum period - 1), Python and the versions of
+the packages that matter, with every installed package pinned in ``requirements.lock`` beside it (and
+its sha256 in the manifest), and the runner image (``FARM_RUNNER_IMAGE``, ideally by digest).
+:func:`check` (``farm promote --check AGENT``) re-verifies an agent against all of it.
+
 >>> agent = promote("notebooks/strategies/sma_crossover.ipynb", "sma-cross")
 >>> agent.path, agent.manifest["strategy"], agent.manifest["warmup_bars"]
 (PosixPath('agents/sma-cross'), 'SmaCross', 30)
+>>> print(check("agents/sma-cross"))
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import importlib.metadata
 import json
+import platform
 import re
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +41,13 @@ from farmkit.settings import Settings
 
 # A Kubernetes DNS-1123 label: the agent name becomes the StatefulSet and pod name.
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_WARMUP_HINTS = ("slow", "period", "lookback", "window")
-_WARMUP_RULE = ("warmup_bars: the largest int parameter whose name contains "
-                + ", ".join(_WARMUP_HINTS) + " (0 if there is none)")
+_WARMUP_RULE = ("warmup_bars: bars before the verified backtest's first next() (the strategy's minimum "
+                "period - 1): the history a paper run primes its indicators with")
+LOCK = "requirements.lock"
+# Named in the manifest itself (the lock has everything): what decides a backtest's numbers.
+_KEY_PACKAGES = ("backtrader", "numpy", "pandas", "pyarrow", "duckdb", "papermill", "ipykernel", "nbformat")
+_DIST = "thefarm"
+CHECK_SEGMENT = "promote-check"   # the registry's segment of `farm promote --check`'s re-run
 _BAR_SIZE_KEYS = ("freq", "bar_size", "timeframe")
 RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 
@@ -50,9 +64,10 @@ class Agent:
 
 
 def promote(notebook: str | Path, name: str, *, agents_dir: str | Path = "agents", force: bool = False,
-            settings: Settings | None = None) -> Agent:
+            settings: Settings | None = None, image: str | None = None) -> Agent:
     """Copy a strategy notebook to ``AGENTS_DIR/NAME/`` with a manifest, after checking it runs,
-    defines a Strategy and that the copy decides exactly as the original did.
+    defines a Strategy and that the copy decides exactly as the original did. ``image`` is the runner
+    image the agent is pinned to (default ``FARM_RUNNER_IMAGE``; ``REPO/runner@sha256:...`` pins it).
 
     >>> promote("notebooks/strategies/sma_crossover.ipynb", "sma-cross", force=True).manifest["verification"]
     {'decisions_sha256': '...', 'bars': 15600, 'run_ids': {'source': 'bt-...', 'agent': 'bt-...'}}
@@ -94,10 +109,15 @@ def promote(notebook: str | Path, name: str, *, agents_dir: str | Path = "agents
                 f"(runs {source_run.run_id} and {agent_run.run_id}; compare them with "
                 f"fk.fmel.explain(run_id, bar={bad_bar})). Make the notebook deterministic: fix random seeds "
                 "and do not read the clock or files that change between runs")
-        manifest = _manifest(name, strategy, defaults, agent_nb)
+        row = store.runs.get(source_run.run_id) or {}
+        manifest = _manifest(name, strategy, defaults, agent_nb, warmup=row.get("warmup_bars"))
         manifest["verification"] = {"decisions_sha256": _decisions_hash(source_decisions),
                                     "bars": len(source_decisions),
                                     "run_ids": {"source": source_run.run_id, "agent": agent_run.run_id}}
+        manifest["reproduce"] = {"data_fingerprint": row.get("data_fingerprint"),
+                                 "warmup_bars": manifest["warmup_bars"]}
+        manifest["environment"] = _write_lock(folder)
+        manifest["image"] = _image(image if image is not None else settings.runner_image)
         (folder / "agent.yaml").write_text(_dump(manifest), encoding="utf-8")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -203,7 +223,7 @@ def _first_difference(a: list[tuple[int, str]], b: list[tuple[int, str]]) -> int
     return shorter[-1][0] + 1 if shorter else 0
 
 
-def _manifest(name: str, strategy: str, defaults: dict, agent_nb: Path) -> dict:
+def _manifest(name: str, strategy: str, defaults: dict, agent_nb: Path, *, warmup) -> dict:
     symbols = defaults.get("symbols", defaults.get("symbol", []))
     bar_size = next((defaults[k] for k in _BAR_SIZE_KEYS if isinstance(defaults.get(k), str)), "1min")
     return {
@@ -215,15 +235,62 @@ def _manifest(name: str, strategy: str, defaults: dict, agent_nb: Path) -> dict:
         "parameters": [{"name": k, "type": _type_name(v), "default": v} for k, v in defaults.items()],
         "symbols": [symbols] if isinstance(symbols, str) else list(symbols),
         "bar_size": bar_size,
-        "warmup_bars": _warmup(defaults),
+        "warmup_bars": int(warmup) if _given(warmup) else 0,
         "resources": copy.deepcopy(RESOURCES),
     }
 
 
-def _warmup(defaults: dict) -> int:
-    periods = [v for k, v in defaults.items()
-               if isinstance(v, int) and not isinstance(v, bool) and any(h in k.lower() for h in _WARMUP_HINTS)]
-    return max(periods, default=0)
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value)
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution, ``{normalised name: version}`` (the first one on the path wins,
+    as it does for an import)."""
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        raw = dist.metadata["Name"]
+        if raw:
+            found.setdefault(_normalised(raw), dist.version)
+    return dict(sorted(found.items()))
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock_text(packages: dict[str, str]) -> str:
+    lines = [f"{name}=={version}" for name, version in packages.items()]
+    return ("# every package installed when this agent was promoted; "
+            "`farm promote --check` compares it with the environment it runs in\n" + "\n".join(lines) + "\n")
+
+
+def _read_lock(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[_normalised(name.strip())] = version.strip()
+    return pins
+
+
+def _write_lock(folder: Path) -> dict:
+    packages = installed_packages()
+    text = _lock_text(packages)
+    (folder / LOCK).write_text(text, encoding="utf-8")
+    keys = [_DIST, *_KEY_PACKAGES]
+    return {"python": platform.python_version(), "implementation": sys.implementation.name,
+            "platform": f"{platform.system().lower()}-{platform.machine()}",
+            "packages": {k: packages[k] for k in keys if k in packages},
+            "lock": LOCK, "lock_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def _image(ref: str | None) -> dict | None:
+    if not ref:
+        return None
+    digest = ref.split("@", 1)[1] if "@sha256:" in ref else None
+    return {"runner": ref, "digest": digest}
 
 
 def _type_name(value) -> str:
@@ -240,3 +307,107 @@ def _dump(manifest: dict) -> str:
     # safe_dump writes no comments: put the warm-up rule above its key, where a reader looks for it.
     text = text.replace("\nwarmup_bars:", f"\n# {_WARMUP_RULE}\nwarmup_bars:", 1)
     return f"# farmkit agent manifest: agent.ipynb is the notebook to run, verified against its source\n{text}"
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What :func:`check` found: one item per thing the manifest pins."""
+
+    agent: str
+    path: Path
+    items: tuple[CheckItem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(item.ok for item in self.items)
+
+    def __str__(self) -> str:
+        head = (f"{self.agent}: reproduces its manifest" if self.ok else
+                f"{self.agent}: does not reproduce its manifest "
+                f"({', '.join(i.name for i in self.items if not i.ok)} differ)")
+        return "\n".join([head, *(f"  {'ok  ' if i.ok else 'FAIL'} {i.name:<9} {i.detail}" for i in self.items)])
+
+
+def check(agent_dir: str | Path, *, settings: Settings | None = None) -> CheckReport:
+    """Re-verify an agent against its ``agent.yaml``: the notebook's sha256, the lock file and the
+    installed packages, then a backtest of the agent with its default parameters, whose decisions,
+    data fingerprint and warm-up must be the manifest's. The re-run is kept off the leaderboards and
+    out of the strategy's trials (registry segment ``promote-check``).
+
+    >>> report = check("agents/sma-crossover")
+    >>> report.ok, [i.name for i in report.items if not i.ok]
+    """
+    folder = Path(agent_dir)
+    try:
+        manifest = load_manifest(folder)
+    except FileNotFoundError:
+        raise PromoteError(f"{folder} is not an agent: it has no agent.yaml; make one with "
+                           "`farm promote NOTEBOOK --name NAME`") from None
+    nb_path = folder / manifest.get("notebook", "agent.ipynb")
+    items = [_same("notebook", manifest.get("notebook_sha256"),
+                   hashlib.sha256(nb_path.read_bytes()).hexdigest() if nb_path.exists() else "missing", short=12)]
+    env = manifest.get("environment") or {}
+    lock = folder / env.get("lock", LOCK)
+    if not env or not lock.exists():
+        items.append(CheckItem("lock", False, f"no {lock.name} beside the manifest: promote the notebook again "
+                                              "to pin its environment"))
+    else:
+        items.append(_same("lock", env.get("lock_sha256"), hashlib.sha256(lock.read_bytes()).hexdigest(), short=12))
+        items.append(_packages(env, _read_lock(lock)))
+
+    settings = (settings or Settings.from_env()).replace(run_id=None, redis="off")
+    store = open_store(settings.store)
+    with notebooks._environment(FARM_REDIS="off"):
+        try:
+            run = notebooks.run(nb_path, {}, settings=settings, store=store, progress=False)
+        except notebooks.NotebookError as exc:
+            run = None
+            items.append(CheckItem("decisions", False, f"the agent's notebook fails now: {exc}"))
+    if run is not None:
+        store.runs.upsert(run.run_id, segment=CHECK_SEGMENT)
+        row = store.runs.get(run.run_id) or {}
+        decisions = _decisions(store, run.run_id)
+        want = manifest.get("verification") or {}
+        items.append(_same("decisions", want.get("decisions_sha256"), _decisions_hash(decisions), short=12,
+                           extra=f"{len(decisions)} bars, run {run.run_id}"))
+        items.append(_same("data", (manifest.get("reproduce") or {}).get("data_fingerprint"),
+                           row.get("data_fingerprint")))
+        items.append(_same("warm-up", manifest.get("warmup_bars"), row.get("warmup_bars")))
+    image = manifest.get("image") or {}
+    if image.get("digest"):
+        here = _image(settings.runner_image) or {}
+        items.append(_same("image", image["digest"], here.get("digest") or "not given (set FARM_RUNNER_IMAGE)"))
+    return CheckReport(agent=manifest.get("name", folder.name), path=folder, items=tuple(items))
+
+
+def _same(name: str, expected, found, *, short: int | None = None, extra: str = "") -> CheckItem:
+    def show(v):
+        return str(v)[:short] if short and isinstance(v, str) else str(v)
+    more = f" ({extra})" if extra else ""
+    if expected == found:
+        return CheckItem(name, True, f"{show(found)}{more}")
+    return CheckItem(name, False, f"manifest {show(expected)}, now {show(found)}{more}")
+
+
+def _packages(env: dict, pins: dict[str, str]) -> CheckItem:
+    installed = installed_packages()
+    differ = [f"python: {env.get('python')} in the manifest, {platform.python_version()} installed"] \
+        if env.get("python") != platform.python_version() else []
+    for name, version in pins.items():
+        if name not in installed:
+            differ.append(f"{name}: {version} in the lock, not installed")
+        elif installed[name] != version:
+            differ.append(f"{name}: {version} in the lock, {installed[name]} installed")
+    extra = sorted(set(installed) - set(pins))
+    tail = f"; {len(extra)} installed package(s) not in the lock: {', '.join(extra[:5])}" if extra else ""
+    if differ:
+        return CheckItem("packages", False, "; ".join(differ) + tail
+                         + f" — install the lock (pip install -r {env.get('lock', LOCK)}) to reproduce")
+    return CheckItem("packages", True, f"{len(pins)} pinned, all installed at the lock's versions{tail}")

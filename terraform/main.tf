@@ -42,7 +42,7 @@ resource "google_project_service" "apis" {
   for_each = toset([
     "container.googleapis.com", "pubsub.googleapis.com", "bigquery.googleapis.com", "redis.googleapis.com",
     "artifactregistry.googleapis.com", "monitoring.googleapis.com", "dns.googleapis.com", "iam.googleapis.com",
-    "servicenetworking.googleapis.com", "storage.googleapis.com",
+    "servicenetworking.googleapis.com", "storage.googleapis.com", "secretmanager.googleapis.com",
   ])
   service            = each.value
   disable_on_destroy = false
@@ -404,19 +404,52 @@ resource "google_bigquery_table" "news" {
   }
 }
 
-# -- Memorystore: the leaderboards (FARM_REDIS=redis://HOST:6379/0) ----------------------------------
+# -- Memorystore: the leaderboards (FARM_REDIS=rediss://HOST:6378/0, output redis_url) --------------
+# AUTH and in-transit encryption: a client needs the auth string and the instance's CA, both kept in
+# Secret Manager and readable only by the workloads' and the API's service accounts.
 
 resource "google_redis_instance" "leaderboard" {
-  name               = "${local.name}-leaderboard"
-  tier               = "STANDARD_HA"
-  memory_size_gb     = 1
-  region             = var.region
-  redis_version      = "REDIS_7_0"
-  authorized_network = google_compute_network.farm.id
-  connect_mode       = "DIRECT_PEERING"
-  reserved_ip_range  = local.redis_range
-  labels             = local.labels
-  depends_on         = [google_project_service.apis]
+  name                    = "${local.name}-leaderboard"
+  tier                    = "STANDARD_HA"
+  memory_size_gb          = 1
+  region                  = var.region
+  redis_version           = "REDIS_7_0"
+  authorized_network      = google_compute_network.farm.id
+  connect_mode            = "DIRECT_PEERING"
+  reserved_ip_range       = local.redis_range
+  auth_enabled            = true
+  transit_encryption_mode = "SERVER_AUTHENTICATION"
+  labels                  = local.labels
+  depends_on              = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret" "redis" {
+  for_each  = toset(["auth", "ca"])
+  secret_id = "${local.name}-redis-${each.value}"
+  labels    = local.labels
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_version" "redis_auth" {
+  secret      = google_secret_manager_secret.redis["auth"].id
+  secret_data = google_redis_instance.leaderboard.auth_string
+}
+
+resource "google_secret_manager_secret_version" "redis_ca" {
+  secret      = google_secret_manager_secret.redis["ca"].id
+  secret_data = join("\n", [for c in google_redis_instance.leaderboard.server_ca_certs : c.cert])
+}
+
+resource "google_secret_manager_secret_iam_member" "redis_readers" {
+  for_each = {
+    for pair in setproduct(["auth", "ca"], ["workloads", "api"]) : "${pair[0]}-${pair[1]}" => pair
+  }
+  secret_id = google_secret_manager_secret.redis[each.value[0]].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${each.value[1] == "api" ? google_service_account.api.email : google_service_account.workloads.email}"
 }
 
 # -- agents bucket and the image registry ------------------------------------------------------------
@@ -636,8 +669,10 @@ output "cluster" {
 }
 
 output "redis_url" {
-  description = "FARM_REDIS for k8s/overlays/*/ (the ConfigMap farm-config)"
-  value       = "redis://${google_redis_instance.leaderboard.host}:${google_redis_instance.leaderboard.port}/0"
+  description = "FARM_REDIS for k8s/overlays/*/ (the ConfigMap farm-config): TLS, with the auth string and CA from Secret Manager"
+  value = format("rediss://%s:%d/0?auth_secret=%s&ca_secret=%s", google_redis_instance.leaderboard.host,
+    google_redis_instance.leaderboard.port, google_secret_manager_secret.redis["auth"].id,
+  google_secret_manager_secret.redis["ca"].id)
 }
 
 output "store_url" {

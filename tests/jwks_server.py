@@ -92,8 +92,12 @@ class JwksServer:
 
     def token(self, uid: str, *, project: str, kid: str | None = None, key=None, issuer: str | None = None,
               audience: str | None = None, expires_in: float = 3600, issued_ago: float = 10, **claims) -> str:
-        """A Firebase-shaped ID token for ``uid``, signed with the current key (or ``key``)."""
+        """A Firebase-shaped ID token for ``uid``, signed with the current key (or ``key``); signed in
+        with Google unless ``firebase`` says otherwise (``firebase=None``: no such claim)."""
         now = time.time()
+        claims.setdefault("firebase", {"sign_in_provider": "google.com"})
+        if claims["firebase"] is None:
+            del claims["firebase"]
         payload = {"iss": issuer or f"https://securetoken.google.com/{project}", "aud": audience or project,
                    "sub": uid, "user_id": uid, "iat": int(now - issued_ago), "auth_time": int(now - issued_ago),
                    "exp": int(now + expires_in), **claims}

@@ -134,7 +134,8 @@ class Metrics:
 
 def _auth(api: ApiSettings):
     if api.auth == "firebase":
-        return FirebaseAuth(api.project, SigningKeys(api.certs_url))
+        return FirebaseAuth(api.project, SigningKeys(api.certs_url), providers=api.sign_in_providers,
+                            email_domains=api.email_domains)
     return LocalTokenAuth(api.token)
 
 

@@ -126,13 +126,23 @@ class KeyFetchError(Exception):
     """The signing keys could not be fetched (and none are cached)."""
 
 
+PROVIDERS = ("google.com", "password")   # sign-in providers allowed unless FARM_API_SIGN_IN_PROVIDERS says
+
+
 class FirebaseAuth:
     """Verifies Firebase ID tokens: RS256 signature by a published key, issuer
-    ``https://securetoken.google.com/PROJECT``, audience ``PROJECT``, expiry, a subject (the uid)."""
+    ``https://securetoken.google.com/PROJECT``, audience ``PROJECT``, expiry, a subject (the uid), and
+    who may sign in: the token's ``firebase.sign_in_provider`` must be one of ``providers`` (anonymous
+    sign-ins are not, unless listed), and with ``email_domains`` its email must be verified and in one
+    of them. Anyone can get a valid ID token for a project from its public web config; these checks
+    are what keep strangers out."""
 
-    def __init__(self, project: str, keys: SigningKeys, *, leeway: float = 5.0):
+    def __init__(self, project: str, keys: SigningKeys, *, leeway: float = 5.0,
+                 providers: tuple[str, ...] = PROVIDERS, email_domains: tuple[str, ...] = ()):
         self.project, self.keys, self.leeway = project, keys, leeway
         self.issuer = f"https://securetoken.google.com/{project}"
+        self.providers = tuple(providers)
+        self.email_domains = tuple(d.lower().lstrip("@") for d in email_domains)
 
     def verifies_offline(self, token: str) -> bool:
         """Whether checking ``token`` needs no fetch of the signing keys (it does when they have
@@ -175,4 +185,27 @@ class FirebaseAuth:
         auth_time = claims.get("auth_time")
         if isinstance(auth_time, (int, float)) and auth_time > time.time() + self.leeway:
             raise AuthError("the ID token's auth_time is in the future", "invalid_token")
+        self._allowed(claims)
         return User(uid=uid, email=claims.get("email"))
+
+    def _allowed(self, claims: dict) -> None:
+        firebase = claims.get("firebase")
+        provider = firebase.get("sign_in_provider") if isinstance(firebase, dict) else None
+        allowed = ", ".join(self.providers)
+        if not isinstance(provider, str):
+            raise AuthError("the ID token names no sign-in provider (firebase.sign_in_provider)", "forbidden_provider")
+        if provider not in self.providers:
+            how = "signed in anonymously" if provider == "anonymous" else f"signed in with {provider!r}"
+            raise AuthError(f"the user {how}; this API allows {allowed} (FARM_API_SIGN_IN_PROVIDERS)",
+                            "forbidden_provider")
+        if not self.email_domains:
+            return
+        email = claims.get("email")
+        domains = ", ".join(self.email_domains)
+        if not isinstance(email, str) or "@" not in email:
+            raise AuthError(f"the ID token has no email; this API allows addresses in {domains}", "forbidden_email")
+        if claims.get("email_verified") is not True:
+            raise AuthError(f"the email {email} is not verified; verify it, then get a fresh ID token",
+                            "forbidden_email")
+        if email.rsplit("@", 1)[1].lower() not in self.email_domains:
+            raise AuthError(f"the email {email} is not in {domains} (FARM_API_EMAIL_DOMAINS)", "forbidden_email")

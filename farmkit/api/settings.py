@@ -23,6 +23,10 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_API_RATE": ("rate", "20"),                # requests per second per user, sustained
     "FARM_API_BURST": ("burst", "40"),              # requests a user may make at once
     "FARM_API_MAX_BODY": ("max_body", str(5 * 1024 * 1024)),   # bytes of one request body
+    # firebase: who may sign in. Providers as Firebase names them (google.com, password, github.com,
+    # microsoft.com, anonymous, ...); email domains, when set, also need a verified address in one.
+    "FARM_API_SIGN_IN_PROVIDERS": ("sign_in_providers", "google.com,password"),
+    "FARM_API_EMAIL_DOMAINS": ("email_domains", ""),
 }
 
 
@@ -44,6 +48,8 @@ class ApiSettings:
     rate: float = 20.0
     burst: float = 40.0
     max_body: int = 5 * 1024 * 1024
+    sign_in_providers: tuple[str, ...] = ("google.com", "password")
+    email_domains: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ApiSettings":
@@ -52,6 +58,8 @@ class ApiSettings:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_VARIABLES))}")
         values = {name: environ.get(var) or default for var, (name, default) in _VARIABLES.items()}
+        for name in ("sign_in_providers", "email_domains"):
+            values[name] = tuple(part.strip() for part in values[name].split(",") if part.strip())
         for var, name, kind in (("FARM_API_RATE", "rate", float), ("FARM_API_BURST", "burst", float),
                                 ("FARM_API_MAX_BODY", "max_body", int)):
             try:
@@ -65,6 +73,9 @@ class ApiSettings:
     def checked(self) -> "ApiSettings":
         if self.auth not in ("local", "firebase"):
             raise ConfigError(f"FARM_API_AUTH must be local or firebase, got {self.auth!r}")
+        if self.auth == "firebase" and not self.sign_in_providers:
+            raise ConfigError("FARM_API_SIGN_IN_PROVIDERS is empty: nobody could sign in; name the providers "
+                              "to allow, e.g. google.com,password")
         if self.auth == "firebase" and not self.project:
             raise ConfigError("FARM_API_AUTH=firebase needs FARM_API_PROJECT, the Firebase project id "
                               "(the audience of its ID tokens)")

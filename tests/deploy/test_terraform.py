@@ -240,3 +240,17 @@ def test_variables_are_few_documented_and_in_the_example(hcl):
     example = (TF / "terraform.tfvars.example").read_text()
     given = set(re.findall(r"^(\w+)\s*=", example, flags=re.M))
     assert given == set(variables)
+
+
+def test_memorystore_needs_auth_and_tls_kept_in_secret_manager(resources, hcl):
+    redis = resources["google_redis_instance", "leaderboard"]
+    assert redis["auth_enabled"] is True
+    assert redis["transit_encryption_mode"] == "SERVER_AUTHENTICATION"
+    assert resources["google_secret_manager_secret_version", "redis_auth"]["secret_data"] == \
+        "${google_redis_instance.leaderboard.auth_string}"
+    assert "server_ca_certs" in resources["google_secret_manager_secret_version", "redis_ca"]["secret_data"]
+    readers = resources["google_secret_manager_secret_iam_member", "redis_readers"]
+    assert readers["role"] == "roles/secretmanager.secretAccessor"
+    outputs = {name: body for block in unquote(hcl["output"]) for name, body in block.items()}
+    url = outputs["redis_url"]["value"]
+    assert url.startswith('${format("rediss://') and "auth_secret=" in url and "ca_secret=" in url

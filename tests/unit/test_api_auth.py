@@ -104,6 +104,48 @@ def test_expired_cache_is_refreshed():
         assert signing.fetches == 2
 
 
+def _signed_in(keys, provider, **claims):
+    return keys.token("uid-9", project=PROJECT, firebase={"sign_in_provider": provider}, **claims)
+
+
+def test_anonymous_sign_ins_are_refused_by_default(keys):
+    with pytest.raises(AuthError, match=r"signed in anonymously.*FARM_API_SIGN_IN_PROVIDERS") as caught:
+        auth_for(keys.url).authenticate(_signed_in(keys, "anonymous"))
+    assert caught.value.code == "forbidden_provider"
+    assert auth_for(keys.url).authenticate(_signed_in(keys, "google.com")).uid == "uid-9"
+    assert auth_for(keys.url).authenticate(_signed_in(keys, "password")).uid == "uid-9"
+
+
+def test_only_the_allowed_sign_in_providers_get_in(keys):
+    auth = FirebaseAuth(PROJECT, SigningKeys(keys.url), providers=("github.com",))
+    assert auth.authenticate(_signed_in(keys, "github.com")).uid == "uid-9"
+    with pytest.raises(AuthError, match=r"'google.com'.*allows github.com"):
+        auth.authenticate(_signed_in(keys, "google.com"))
+    with pytest.raises(AuthError, match="names no sign-in provider"):
+        auth.authenticate(keys.token("uid-9", project=PROJECT, firebase=None))
+
+
+def test_email_domains_when_set_need_a_verified_address_there(keys):
+    auth = FirebaseAuth(PROJECT, SigningKeys(keys.url), email_domains=("fund.example",))
+    ok = _signed_in(keys, "google.com", email="Quant@Fund.Example", email_verified=True)
+    assert auth.authenticate(ok).email == "Quant@Fund.Example"
+    for claims, message in (({"email": "q@elsewhere.example", "email_verified": True}, "not in fund.example"),
+                            ({"email": "q@fund.example", "email_verified": False}, "not verified"),
+                            ({"email": "q@evil-fund.example", "email_verified": True}, "not in fund.example"),
+                            ({}, "no email")):
+        with pytest.raises(AuthError, match=message) as caught:
+            auth.authenticate(_signed_in(keys, "google.com", **claims))
+        assert caught.value.code == "forbidden_email"
+
+
+def test_api_settings_name_providers_and_domains():
+    s = ApiSettings.from_env({"FARM_API_SIGN_IN_PROVIDERS": "google.com, password",
+                              "FARM_API_EMAIL_DOMAINS": "fund.example"})
+    assert s.sign_in_providers == ("google.com", "password") and s.email_domains == ("fund.example",)
+    assert ApiSettings.from_env({}).sign_in_providers == ("google.com", "password")
+    assert ApiSettings.from_env({}).email_domains == ()
+
+
 def test_local_token():
     auth = LocalTokenAuth()
     assert len(auth.token) >= 40 and LocalTokenAuth().token != auth.token

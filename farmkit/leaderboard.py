@@ -126,7 +126,8 @@ return {ranked, redis.call('HMGET', KEYS[2], unpack(agents)), redis.call('HMGET'
 def connect(settings: Settings | None = None):
     """A ``redis.Redis`` client for the leaderboard of these settings (default: from the environment).
 
-    ``FARM_REDIS=redis://HOST:6379/0`` (or ``rediss://``, ``unix://``) connects there; unset, the
+    ``FARM_REDIS=redis://HOST:6379/0`` (or ``rediss://``, ``unix://``; with ``?auth_secret=`` and
+    ``ca_secret=`` naming Secret Manager secrets, see :mod:`farmkit.secret_manager`) connects there; unset, the
     embedded Redis under ``FARM_HOME`` is started if no process runs it yet; ``off`` switches the
     leaderboard off (runs are still in the run registry, and ``rebuild()`` can fill a board later).
 
@@ -149,8 +150,14 @@ def connect(settings: Settings | None = None):
 def _open_url(url: str):
     redis = require("redis", "redis==8.1.0")
     # Short timeouts: a backtest publishing to an unreachable Redis waits seconds, not minutes.
-    # Options in the URL's query string (?socket_timeout=...) take precedence over these.
-    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
+    # Options in the URL's query string (?socket_timeout=...) take precedence over these. A password
+    # and CA named as Secret Manager secrets (?auth_secret=...&ca_secret=...: Memorystore with AUTH and
+    # TLS) are read here and passed apart, so no message below can show them.
+    from farmkit import secret_manager
+
+    url, secret_options = secret_manager.redis_options(url)
+    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10,
+                                  **secret_options)
     try:
         client.ping()
     except redis.RedisError as exc:

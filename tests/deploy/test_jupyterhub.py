@@ -55,8 +55,9 @@ def test_values_point_farmkit_at_the_cloud_backends(values):
     env = values["singleuser"]["extraEnv"]
     settings = Settings.from_env(env)        # unknown FARM_* keys would be an error here too
     assert settings.store.startswith("bigquery://") and settings.bus.startswith("pubsub://")
-    assert settings.redis.startswith("redis://")
-    redis_host = re.match(r"redis://([\d.]+):", settings.redis).group(1)
+    # Memorystore with TLS on 6378, its auth string and CA named as Secret Manager secrets
+    assert settings.redis.startswith("rediss://") and "auth_secret=" in settings.redis
+    redis_host = re.match(r"rediss://([\d.]+):6378/", settings.redis).group(1)
     import ipaddress
     assert ipaddress.ip_address(redis_host) in ipaddress.ip_network("10.30.0.0/29")
     # the service account it runs as is one terraform binds to farm-workloads

@@ -290,7 +290,7 @@ def test_agents_reach_only_google_apis_redis_and_dns(rendered):
     *_, sts = deploy.render_agent(AGENT)
     labels = sts["spec"]["template"]["metadata"]["labels"]
     allowed = {"199.36.153.8/30": 443, "169.254.169.254/32": 80, "169.254.169.252/32": 988,
-               "10.30.0.0/29": 6379, "169.254.20.10/32": 53}
+               "10.30.0.0/29": 6378, "169.254.20.10/32": 53}
     for peer in _egress_peers(policies, labels):
         ports = {p["port"] for p in peer["ports"]}
         if "ipBlock" in peer:

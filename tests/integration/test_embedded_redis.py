@@ -66,7 +66,7 @@ def test_a_server_whose_only_user_was_killed_stops_and_keeps_its_data(tmp_path):
     assert holder.returncode == -signal.SIGKILL
     assert _gone_within(socket_path, 15), f"redis-server {server.pid} still runs with no process using it"
     # It saved on the way out: the next user reads what the killed one wrote.
-    again = _hold(db, "0")
+    again = _hold(db, "3")   # long enough to be seen running
     socket_path, _ = _started_by(again)
     out = subprocess.run([sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom farmkit import "
                           "embedded_redis\nprint(embedded_redis.client(Path(sys.argv[1])).get('kept'))", str(db)],

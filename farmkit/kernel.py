@@ -22,12 +22,14 @@ import datetime as _dt
 import hashlib
 import inspect
 import json
+import os
 import secrets
 import time
 import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import backtrader as bt
 import numpy as np
@@ -44,7 +46,7 @@ from farmkit.settings import Settings
 from farmkit.version import __version__
 
 __all__ = ["Engine", "Run", "bar_size", "build_cerebro", "check_params", "check_strategy", "code_hash",
-           "history_feeds", "new_run_id"]
+           "history_feeds", "new_run_id", "strategy_family"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,38 @@ def _code_text(code) -> str:
     # Bytecode, constants and names, but not the file name or line numbers (which differ per cell run).
     consts = [(_code_text(c) if hasattr(c, "co_code") else repr(c)) for c in code.co_consts]
     return code.co_code.hex() + repr(consts) + repr(code.co_names)
+
+
+def strategy_family(name: str, settings: Settings, store, environ: Mapping[str, str] | None = None,
+                    cwd: str | None = None) -> str:
+    """The family a run's strategy belongs to: ``NOTEBOOK::Name`` for a strategy in a notebook (the one
+    ``farm backtest`` registered under ``FARM_RUN_ID``, else the one a Jupyter kernel runs,
+    ``JPY_SESSION_NAME``), ``agent:AGENT::Name`` in an agent (``FARM_AGENT_ID``), else the class name
+    alone (a plain script). Every code version of the strategy is a trial of the same family.
+
+    >>> strategy_family("SmaCross", settings, store)      # in notebooks/strategies/sma_crossover.ipynb
+    '/home/me/farm/notebooks/strategies/sma_crossover.ipynb::SmaCross'
+    """
+    environ = os.environ if environ is None else environ
+    queued = store.runs.get(settings.run_id) if settings.run_id else None
+    notebook = (queued or {}).get("notebook") or environ.get("JPY_SESSION_NAME")
+    if isinstance(notebook, str) and notebook:
+        return f"{_notebook_path(notebook, cwd or os.getcwd())}::{name}"
+    if settings.agent_id:
+        return f"agent:{settings.agent_id}::{name}"
+    return name
+
+
+def _notebook_path(notebook: str, cwd: str) -> str:
+    # The same notebook by the same name from `farm backtest` (a path from where it was started) and
+    # from Jupyter (one from the server's root): both kernels run in the notebook's own folder.
+    path = Path(notebook)
+    if path.is_absolute():
+        return str(path)
+    for candidate in (Path(cwd) / path, Path(cwd) / path.name):
+        if candidate.exists():
+            return str(candidate.resolve())
+    return str(path)
 
 
 def check_strategy(strategy) -> type:
@@ -227,6 +261,7 @@ class Run:
         self.run_id = run_id or new_run_id("bt" if mode == "backtest" else mode)
         self.code = code_hash(strategy)
         self.name = strategy.__name__
+        self.family = strategy_family(self.name, self.settings, self.store)
         self.started = time.time()
         self.recorder: FmelRecorder | None = None
         self.cerebro: bt.Cerebro | None = None
@@ -240,8 +275,9 @@ class Run:
             self.run_id, agent_id=self.agent_id, strategy=self.name, mode=self.mode, status="running",
             params={k: _plain(v) for k, v in params.items()}, broker=self.broker.to_record(),
             params_hash=hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16],
-            data_fingerprint=data_fingerprint, code_hash=self.code, farmkit_version=__version__,
-            started_at=pd.Timestamp(self.started, unit="s", tz="UTC"), error=None, failed_bar=None)
+            data_fingerprint=data_fingerprint, code_hash=self.code, family=self.family, farmkit_version=__version__,
+            started_at=pd.Timestamp(self.started, unit="s", tz="UTC"), error=None, failed_bar=None,
+            **{k: v for k in ("owner", "agent_uid") if (v := getattr(self.settings, k))})
 
     # -- wiring ------------------------------------------------------------------------------------
     def record(self, **options) -> FmelRecorder:
@@ -332,6 +368,7 @@ class Run:
         result = BacktestResult.from_run(run_id=self.run_id, agent_id=self.agent_id, strategy=self.strategy,
                                          params=self.params, bars=bars, recorder=recorder, store=self.store,
                                          broker=self.broker)
+        result.metrics.update(leaderboard.track_record(result.equity))   # what a board needs to rank it
         result.metrics.update((extra_metrics(result) if callable(extra_metrics) else extra_metrics) or {})
         fields = {"data_fingerprint": data_fingerprint} if data_fingerprint else {}
         if recorder.strategy is not None:   # bars before its first next(): backtrader's minimum period - 1
@@ -339,5 +376,5 @@ class Run:
         self.store.runs.upsert(self.run_id, status="done", metrics=result.metrics,
                                bars=recorder.first_bar + recorder.bars, finished_at=pd.Timestamp.now(tz="UTC"),
                                duration_s=time.time() - self.started, **fields)
-        leaderboard.publish(self.settings, self.store.runs.get(self.run_id))   # logged on failure; never breaks it
+        leaderboard.publish(self.settings, self.store.runs.get(self.run_id), store=self.store)   # logged on failure
         return result

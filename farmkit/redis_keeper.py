@@ -19,7 +19,6 @@ starts in a fraction of a second and holds a few MB; ``farmkit.embedded_redis`` 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sys
@@ -65,6 +64,8 @@ def live_users(path: Path) -> set[tuple[int, float]]:
 def file_lock(path: Path, timeout: float | None = None):
     """``path`` locked (flock) for the block; yields False instead when ``timeout`` passes first
     (None: wait as long as it takes)."""
+    import fcntl   # here, not at the top: farmkit.embedded_redis imports this module on every platform
+
     with open(path, "a") as handle:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -22,12 +22,20 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     # Paper pods (the runner sets these in the kernel's environment): fk.backtest then paper-trades.
     "FARM_MODE": ("mode", "backtest"),      # backtest | paper
     "FARM_AGENT_ID": ("agent_id", None),    # default: the strategy's class name
+    # Who a run belongs to, fixed when it is registered (the runner sets them from the agent's record):
+    # the REST API shows a run to its owner only, whatever agent holds that name later.
+    "FARM_OWNER": ("owner", None),
+    "FARM_AGENT_UID": ("agent_uid", None),
     "FARM_SUBSCRIPTION": ("subscription", None),
     "FARM_STATE_DIR": ("state_dir", None),  # checkpoints and status of a paper run (the pod's volume)
     "FARM_WARMUP_BARS": ("warmup_bars", None),  # history bars per symbol that prime a paper run; default all
     "FARM_WARMUP": ("warmup", "notebook"),  # where they come from: notebook | alpaca | archive (farmkit.live.warmup)
     "FARM_HEALTH_PORT": ("health_port", "8080"),
     "FARM_LEADERBOARD_EVERY": ("leaderboard_every", "60"),  # seconds between a paper run's board updates
+    # Paper runs: a symbol is stale after this many seconds without a bar while its market is open
+    # (default: three bar sizes), and the backtest run a paper run's drift alarms compare it with.
+    "FARM_STALE_AFTER": ("stale_after", None),
+    "FARM_DRIFT_BASELINE": ("drift_baseline", None),   # default (runner): the agent's verification run
     # `farm paper --replay`: the paper session publishes a replayed market on its own bus.
     "FARM_REPLAY": ("replay", None),        # synthetic | path to a CSV or Parquet file of bars
     "FARM_REPLAY_SPEED": ("replay_speed", "60"),  # multiple of real time (60: a minute bar per second)
@@ -53,12 +61,16 @@ class Settings:
     progress: str
     mode: str = "backtest"
     agent_id: str | None = None
+    owner: str | None = None
+    agent_uid: str | None = None
     subscription: str | None = None
     state_dir: Path | None = None
     warmup_bars: int | None = None
     health_port: int = 8080
     warmup: str = "notebook"
     leaderboard_every: float = 60.0
+    stale_after: float | None = None
+    drift_baseline: str | None = None
     replay: str | None = None
     replay_speed: float = 60.0
     runner_image: str | None = None
@@ -94,19 +106,17 @@ class Settings:
                     raise ValueError
             except ValueError:
                 raise ConfigError(f"{var} must be a whole number >= {least}, got {values[name]!r}") from None
-        try:
-            values["leaderboard_every"] = float(values["leaderboard_every"])
-            if not values["leaderboard_every"] > 0:
-                raise ValueError
-        except ValueError:
-            raise ConfigError("FARM_LEADERBOARD_EVERY must be a number of seconds > 0, "
-                              f"got {values['leaderboard_every']!r}") from None
-        try:
-            values["replay_speed"] = float(values["replay_speed"])
-            if not values["replay_speed"] > 0:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"FARM_REPLAY_SPEED must be a number > 0, got {values['replay_speed']!r}") from None
+        for var, name, what in (("FARM_LEADERBOARD_EVERY", "leaderboard_every", "a number of seconds"),
+                                ("FARM_STALE_AFTER", "stale_after", "a number of seconds"),
+                                ("FARM_REPLAY_SPEED", "replay_speed", "a number")):
+            if values[name] is None:
+                continue
+            try:
+                values[name] = float(values[name])
+                if not values[name] > 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"{var} must be {what} > 0, got {values[name]!r}") from None
         return cls(**values)
 
     def replace(self, **changes) -> "Settings":

@@ -1,5 +1,5 @@
 """The runner's HTTP endpoints: ``/healthz`` (the process answers), ``/readyz`` (the kernel runs and
-bars arrive, or it is still warming up) and ``/metrics`` (Prometheus text format, written by hand:
+bars arrive, no symbol is stale, or it is still warming up) and ``/metrics`` (Prometheus text format, written by hand:
 a dozen gauges and counters do not need a client library)."""
 
 from __future__ import annotations
@@ -43,6 +43,26 @@ def render_metrics(report: dict, labels: dict[str, str]) -> str:
     for name, (kind, text, key) in _METRICS.items():
         value = report.get(key, status.get(key))
         emit(name, kind, text, value)
+    ages = report.get("bar_ages") or {}
+    if ages:
+        stale = status.get("stale_symbols") or {}
+        lines.append("# HELP farm_runner_bar_age_seconds Seconds since the symbol's last bar arrived (or since start).")
+        lines.append("# TYPE farm_runner_bar_age_seconds gauge")
+        for symbol, age in sorted(ages.items()):
+            lines.append(f'farm_runner_bar_age_seconds{{{label},symbol="{_escape(symbol)}"}} {age:.6g}')
+        emit("farm_runner_stale_symbols", "gauge", "Symbols whose market is open and whose bars stopped coming.",
+             len(stale))
+        lines.append("# HELP farm_runner_stale 1 when the symbol is stale (market open, no bar for too long).")
+        lines.append("# TYPE farm_runner_stale gauge")
+        for symbol in sorted(ages):
+            lines.append(f'farm_runner_stale{{{label},symbol="{_escape(symbol)}"}} {int(symbol in stale)}')
+    if "stale_decisions" in status:
+        emit("farm_runner_stale_decisions_total", "counter", "Bars decided while a symbol of the strategy was stale.",
+             status["stale_decisions"])
+    drift = status.get("drift")
+    if drift is not None:
+        emit("farm_runner_drifting", "gauge", "The run's trading drifted from its backtest baseline.",
+             int(bool(drift.get("drifting"))))
     messages = status.get("messages") or {}
     if messages:
         lines.append("# HELP farm_messages_total Bus messages by what was done with them.")

@@ -37,7 +37,7 @@ class Runner:
         self.agent_dir = Path(agent_dir).absolute()
         if not (self.agent_dir / "agent.yaml").exists():
             raise ConfigError(f"{self.agent_dir} has no agent.yaml; promote a notebook first "
-                              "(farm promote NOTEBOOK NAME) and pass its folder, e.g. agents/NAME")
+                              "(farm promote NOTEBOOK --name NAME) and pass its folder, e.g. agents/NAME")
         self.manifest = load_manifest(self.agent_dir)
         self.notebook = self.agent_dir / self.manifest.get("notebook", "agent.ipynb")
         if not self.notebook.exists():
@@ -58,6 +58,8 @@ class Runner:
         return {p["name"]: p["default"] for p in self.manifest.get("parameters", [])}
 
     def kernel_environment(self) -> dict[str, str]:
+        baseline = self.settings.drift_baseline or ((self.manifest.get("verification") or {}).get("run_ids")
+                                                    or {}).get("source")
         env = {"FARM_MODE": "paper", "FARM_AGENT_ID": self.agent_id, "FARM_SUBSCRIPTION": self.subscription,
                "FARM_STATE_DIR": str(self.state_dir), "FARM_HOME": str(self.settings.home),
                "FARM_STORE": self.settings.store, "FARM_BUS": self.settings.bus, "FARM_BROKER": self.settings.broker,
@@ -65,6 +67,14 @@ class Runner:
         warmup = self.settings.warmup_bars if self.settings.warmup_bars is not None else self.manifest.get("warmup_bars")
         if warmup:
             env["FARM_WARMUP_BARS"] = str(int(warmup))
+        # Whose runs these are: the agent store wrote its owner and immutable id into agent.yaml.
+        for var, key in (("FARM_OWNER", "owner"), ("FARM_AGENT_UID", "agent_uid")):
+            if self.manifest.get(key):
+                env[var] = str(self.manifest[key])
+        if baseline:    # the drift alarms' baseline: the backtest the agent was promoted on
+            env["FARM_DRIFT_BASELINE"] = str(baseline)
+        if self.settings.stale_after is not None:
+            env["FARM_STALE_AFTER"] = f"{self.settings.stale_after:g}"
         if self.settings.replay:
             env["FARM_REPLAY"] = str(Path(self.settings.replay).absolute()) if self.settings.replay != "synthetic" \
                 else "synthetic"
@@ -76,7 +86,8 @@ class Runner:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.clear_stop(self.state_dir)
         # Papermill's kernel inherits this process's environment; FARM_RUN_ID belongs to `farm backtest`.
-        for name in ("FARM_RUN_ID", "FARM_REPLAY", "FARM_REPLAY_SPEED", "FARM_WARMUP_BARS"):
+        for name in ("FARM_RUN_ID", "FARM_REPLAY", "FARM_REPLAY_SPEED", "FARM_WARMUP_BARS", "FARM_DRIFT_BASELINE",
+                     "FARM_OWNER", "FARM_AGENT_UID"):
             os.environ.pop(name, None)
         os.environ.update(self.kernel_environment())
         self._thread = threading.Thread(target=self._execute, name="papermill", daemon=True)
@@ -163,12 +174,26 @@ class Runner:
             ready, reason = False, f"no status from the paper session for {now - status['updated_at']:.0f} s"
         elif status.get("state") == "warming":
             ready, reason = True, "warming up"
+        elif status.get("state") == "live" and status.get("stale_symbols"):
+            ready, reason = False, _stale_reason(status, now)
         elif status.get("state") == "live" and age <= self.max_bar_age:
             ready, reason = True, f"live, last bar {age:.1f} s ago"
         else:
             ready, reason = False, f"{status.get('state')}, last bar {age:.0f} s ago"
         return {"ready": ready, "reason": reason, "kernel_running": running, "status": status,
-                "last_bar_age_seconds": age if status else None}
+                "last_bar_age_seconds": age if status else None, "bar_ages": _bar_ages(status, now)}
+
+
+def _bar_ages(status: dict, now: float) -> dict[str, float]:
+    # The session wrote each symbol's age at updated_at: carried on to now.
+    since = max(0.0, now - status.get("updated_at", now))
+    return {s: float(v["age"]) + since for s, v in (status.get("symbols") or {}).items()}
+
+
+def _stale_reason(status: dict, now: float) -> str:
+    ages = _bar_ages(status, now)
+    stale = ", ".join(f"{s} no bar for {ages.get(s, a):.1f} s" for s, a in sorted(status["stale_symbols"].items()))
+    return f"stale data: {stale} (stale after {status.get('stale_after', 0):g} s, market open)"
 
 
 def main(argv: list[str] | None = None, environ=None) -> int:

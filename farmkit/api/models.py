@@ -49,6 +49,8 @@ class AgentCreate(BaseModel):
     name: str = Field(pattern=AGENT_NAME, max_length=63, description="the agent's name (a Kubernetes name)")
     notebook: dict[str, Any] = Field(description="the .ipynb file's JSON, with a cell tagged 'parameters'")
     force: bool = Field(False, description="replace an agent of yours with the same name")
+    allow_overfit: bool = Field(False, description="promote even when the overfitting gate refuses (DSR below "
+                                "0.95 or PBO above 0.5); the manifest records that it was overridden")
 
 
 class PaperStatus(BaseModel):
@@ -114,6 +116,21 @@ class LeaderboardEntry(BaseModel):
     max_drawdown: float | None
     finished_at: str | None
     params: dict[str, Any]
+
+
+class TooShortEntry(BaseModel):
+    agent: str
+    run_id: str | None
+    strategy: str | None
+    mode: str | None
+    status: str | None
+    days: float | None
+    needs: str = Field(description="what the run needs to be ranked, e.g. '12 days; needs 31 for its Sharpe'")
+    sharpe: float | None
+    dsr: float | None
+    min_track_record_days: float | None
+    finished_at: str | None
+    updated_at: str | None
 
 
 class Rank(BaseModel):

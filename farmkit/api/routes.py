@@ -22,7 +22,7 @@ from farmkit.api.auth import User
 from farmkit.api.broker import NoBrokerState
 from farmkit.api.models import (AGENT_NAME, Account, Agent, AgentCreate, Boards, Comparison, DecisionRow,
                                 Explanation, LeaderboardEntry, Logs, Order, Page, PaperStatus, Position, Rank, Run,
-                                WhyNot)
+                                TooShortEntry, WhyNot)
 from farmkit.errors import FarmError
 from farmkit.fmel import query
 from farmkit.ops.orchestrators import OrchestratorError
@@ -119,7 +119,9 @@ def create_agent(ctx: Ctx, user: Me, body: AgentCreate):
         source = Path(tmp) / "source.ipynb"
         nbformat.write(notebook, source)
         try:
-            agent = promote(source, body.name, agents_dir=Path(tmp) / "agents", settings=ctx.settings)
+            agent = promote(source, body.name, agents_dir=Path(tmp) / "agents",
+                            settings=ctx.settings.replace(owner=user.uid, agent_uid=None),
+                            allow_overfit=body.allow_overfit)
         except PromoteError as exc:
             raise ApiError(422, "promotion_failed", str(exc)) from None
         record = ctx.agents.put(body.name, agent.path, owner=user.uid)
@@ -242,8 +244,9 @@ def _top(ctx: Context, board: str, metric: str, limit: int, offset: int) -> byte
 
 
 @router.get("/leaderboard/{board}/top", response_model=Page[LeaderboardEntry], tags=["leaderboard"])
-async def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "sharpe", limit: Limit = 10, offset: Offset = 0):
-    """The best agents on a board by a metric, best first (each agent's best run). Answers may be up to
+async def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "dsr", limit: Limit = 10, offset: Offset = 0):
+    """The best agents on a board by a metric (deflated Sharpe unless asked otherwise), best first (each
+    agent's best run; runs too short for their deflated Sharpe are not ranked). Answers may be up to
     LEADERBOARD_SECONDS (1 s) old: every reader shares them."""
     key = (board, metric, limit, offset)
     page = ctx.caches["top"].get(key)
@@ -265,10 +268,18 @@ async def top(ctx: Ctx, user: Me, board: Board, metric: Metric = "sharpe", limit
 
 @router.get("/leaderboard/{board}/rank/{agent}", response_model=Rank, tags=["leaderboard"])
 def rank(ctx: Ctx, user: Me, board: Board, agent: Annotated[str, PathParam(min_length=1, max_length=200)],
-         metric: Metric = "sharpe"):
+         metric: Metric = "dsr"):
     """An agent's place on a board (null when it has no ranked run there)."""
     place = leaderboard.rank(agent, metric, board, client=_redis(ctx))
     return {"agent": agent, "board": board, "metric": metric, "rank": place}
+
+
+@router.get("/leaderboard/{board}/too-short", response_model=Page[TooShortEntry], tags=["leaderboard"])
+def too_short(ctx: Ctx, user: Me, board: Board, limit: Limit = 10, offset: Offset = 0):
+    """The runs on a board not ranked yet, latest first: their track record is too short for their
+    deflated Sharpe, and ``needs`` says what they need (a young paper run is here until it qualifies)."""
+    frame = leaderboard.too_short(board, client=_redis(ctx))
+    return _slice([{k: _plain(v) for k, v in r.items()} for r in frame.to_dict("records")], limit, offset)
 
 
 # --- FMEL --------------------------------------------------------------------------------------------
@@ -283,15 +294,14 @@ def _run_json(row: dict) -> dict:
     return out
 
 
-def _owned_agent_ids(ctx: Context, user: User) -> set[str]:
-    return {r.name for r in ctx.agents.list() if user.owns(r.owner)}
-
-
 def _can_see_run(ctx: Context, user: User, row: dict) -> bool:
-    if user.admin:
-        return True
-    agent = ctx.agents.get(str(row.get("agent_id") or "")) if row.get("agent_id") else None
-    return (agent is not None and user.owns(agent.owner)) or user.owns(ctx.orchestrator.owner(str(row.get("agent_id"))))
+    # By the owner the run was registered with, never by which agent holds its agent name today: that
+    # name may since belong to someone else. A run registered without one is the operators' alone.
+    return user.admin or user.owns(_text(row.get("owner")))
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _own_run(ctx: Context, user: User, run_id: str, *, cached: bool = False) -> dict:
@@ -316,7 +326,8 @@ def runs(ctx: Ctx, user: Me, limit: Limit = 50, offset: Offset = 0,
     """Your runs (backtests, sweep trials, paper sessions), newest first."""
     frame = query.runs(store=ctx.store)
     if not user.admin:
-        frame = frame[frame["agent_id"].isin(_owned_agent_ids(ctx, user))]
+        owners = frame["owner"] if "owner" in frame else pd.Series(None, index=frame.index, dtype=object)
+        frame = frame[owners == user.uid]
     for column, value in (("agent_id", agent_id), ("mode", mode), ("status", status)):
         if value is not None:
             frame = frame[frame[column] == value]

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from farmkit.data import window as data_window
 from farmkit.data.bars import Bars, validate_frame
 from farmkit.errors import AlpacaAPIError, DataError, MissingCredentials
 
@@ -74,7 +75,7 @@ def alpaca(symbols: str | Iterable[str], start, end=None, *, timeframe="1Min", f
                         f"UTC to {until} (timeframe {window['timeframe']}"
                         f"{f', feed {feed}' if stocks else ''}); check the symbol and the dates "
                         "(stock markets are closed at weekends and on holidays)")
-    return Bars({s: _frame(raw[s], s) for s in symbols})
+    return data_window.clip(Bars({s: _frame(raw[s], s) for s in symbols}))
 
 
 def _missing_keys_message(stocks: list[str], key: str | None, secret: str | None) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from farmkit.data import window as data_window
 from farmkit.data.bars import COLUMNS, Bars, validate_frame
 from farmkit.errors import DataError
 
@@ -63,7 +64,7 @@ def load(path: str | os.PathLike, *, symbol: str | None = None, tz: str | None =
         part = frame.iloc[positions]
         part = pd.DataFrame({c: part[c].to_numpy() for c in COLUMNS}, index=stamps[positions])
         bars[name] = _validate(part, source, lines[positions], name if len(groups) > 1 else None)
-    return bars
+    return data_window.clip(bars)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

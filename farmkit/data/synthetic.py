@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from farmkit.data import window as data_window
 from farmkit.data.bars import COLUMNS, Bars
 
 SESSION_MINUTES = 390                      # 09:30–16:00 America/New_York
@@ -81,7 +82,7 @@ def synthetic(symbols: str | list[str] = "AAPL", start: str = "2024-01-02", days
         start_price = price.get(symbol, 100.0) if isinstance(price, dict) else float(price)
         bars[symbol] = _ohlcv(rng, index, beta * market[0] + idio[0], beta * market[1] + idio[1],
                               start_price, per_day, days)
-    return bars
+    return data_window.clip(bars)
 
 
 def _returns(rng: np.random.Generator, daily_vol: np.ndarray, per_day: int) -> tuple[np.ndarray, np.ndarray]:

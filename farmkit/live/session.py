@@ -40,9 +40,11 @@ from farmkit.feeds import LiveFeed, ack_taken
 from farmkit.fmel.recorder import Assembler, FmelRecorder, num2ns
 from farmkit.fmel.stores import open_store
 from farmkit.fmel.writer import BatchWriter
+from farmkit.live.drift import DriftHook, DriftMonitor, monitor_for
 from farmkit.live.inbox import Inbox
 from farmkit.live.resume import SessionHook, Snapshots, checkpoint_of, tail_frames
 from farmkit.live.router import BarRouter
+from farmkit.live.staleness import StaleMarks, Staleness, default_stale_after
 from farmkit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class PaperSession:
         self.handle = None                       # the bus subscription; replaced when it is made again
         self.resubscribe = None
         self.replay = None                       # a farmkit.live.replay.Replay publishing on the run's bus
+        self.staleness: Staleness | None = None  # per-symbol bar ages, and the decisions taken on stale bars
+        self.drift: DriftMonitor | None = None   # the drift alarms against the backtest baseline
 
     @property
     def last_bar_timestamp(self) -> str | None:
@@ -97,8 +101,24 @@ class PaperSession:
             "orders": hook.orders if hook is not None and hasattr(hook, "orders") else 0,
             "decision_lag_seconds": _finite(getattr(hook, "decision_lag", None)),
             "last_bar_at": self.last_bar_at, "last_bar_timestamp": self.last_bar_timestamp,
-            "updated_at": time.time(),
+            **self.health(), "updated_at": time.time(),
         }
+
+    def health(self) -> dict:
+        """Staleness (``stale_after``, ``symbols``, ``stale_symbols``, ``stale_decisions``) and ``drift``:
+        what /readyz, /metrics and the leaderboard row report of the data and of the trading."""
+        out = {}
+        if self.staleness is not None:
+            out.update(self.staleness.report(), stale_decisions=self.staleness.marked)
+        out["drift"] = self.drift.state() if self.drift is not None else None
+        return out
+
+    def health_metrics(self) -> dict:
+        """The run metrics of :meth:`health`: ``stale_decisions``, and ``drift`` with its alarms when watched."""
+        out = {"stale_decisions": self.staleness.marked if self.staleness is not None else 0}
+        if self.drift is not None:
+            out.update(drift=self.drift.drifting, drift_alarms=[a.describe() for a in self.drift.alarms])
+        return out
 
     def write_status(self) -> None:
         if self.state_dir is not None:
@@ -114,8 +134,10 @@ class _Journaled:
 
     takes_ack = True
 
-    def __init__(self, feed: LiveFeed, inbox: Inbox | None, session_ref: list, arrivals: deque):
+    def __init__(self, feed: LiveFeed, inbox: Inbox | None, session_ref: list, arrivals: deque,
+                 staleness: Staleness | None = None):
         self.feed, self.inbox, self._session, self.arrivals = feed, inbox, session_ref, arrivals
+        self.staleness = staleness
         self.journal = True
 
     def put(self, bar, ack=None) -> None:
@@ -123,6 +145,8 @@ class _Journaled:
             self.inbox.append(bar)
         now = time.time()
         self.arrivals.append((bar.timestamp.value, now))
+        if self.staleness is not None:
+            self.staleness.arrived(bar.symbol, now)
         session = self._session[0]
         session.last_bar_at, session._last_bar = now, bar
         self.feed.put(bar, ack)
@@ -175,7 +199,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
           duration: float | None = None, batch_bars: int = 500, flush_seconds: float = 1.0, qcheck: float = 0.5,
           broker_url: str | None = None, on_start=None, state_dir=None, resume: Checkpoint | None = None,
           tail_bars: int = 500, status_every: float = 1.0, replay: str | None = None,
-          replay_speed: float | None = None, **kwargs):
+          replay_speed: float | None = None, stale_after: float | None = None, calendars=None,
+          drift_baseline=None, **kwargs):
     """Paper-trade a strategy on live bars from the bus until stopped; returns a ``BacktestResult``
     of the session (mode ``paper``).
 
@@ -194,6 +219,12 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     ``replay`` (default ``FARM_REPLAY``: ``"synthetic"`` or a file of bars) publishes a replayed market
     on the run's own bus at ``replay_speed`` times real time (see :mod:`farmkit.live.replay`); a file's
     replay ends the run when all its bars are processed.
+    ``stale_after`` (default ``FARM_STALE_AFTER``, else three bar sizes) is how many seconds without a
+    bar make a symbol stale while its market is open (``calendars``: symbol -> market hours, see
+    :mod:`farmkit.live.staleness`); decisions taken then are marked in FMEL and counted.
+    ``drift_baseline`` (default ``FARM_DRIFT_BASELINE``) is the backtest run id (or a
+    :class:`~farmkit.live.drift.Baseline`) the run's fills are compared with as they arrive: a drifting
+    run is flagged in FMEL, its status and its leaderboard row (see :mod:`farmkit.live.drift`).
 
     >>> res = fk.paper(SmaCross, ["AAPL"], bus="pubsub://my-project", history=bars, max_bars=390)
     """
@@ -205,7 +236,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
              "commission": commission is not None, "broker": broker, "timeframe": timeframe,
              "history": history is not None, "agent_id": agent_id, "settings": settings, "store": store,
              "max_bars": max_bars is not None, "duration": duration is not None, "state_dir": state_dir,
-             "resume": resume is not None, "replay": replay, "replay_speed": replay_speed}
+             "resume": resume is not None, "replay": replay, "replay_speed": replay_speed,
+             "stale_after": stale_after is not None, "calendars": calendars, "drift_baseline": drift_baseline}
     params = check_params(strategy, merge_params(strategy, params, kwargs, {k: bool(v) for k, v in given.items()}))
     if broker is None:
         broker = BrokerConfig(cash=100_000.0 if cash is None else cash, commission=commission or 0.0)
@@ -258,7 +290,10 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     inbox = Inbox(state_dir / "inbox.jsonl") if state_dir is not None else None
     session_ref: list = []
     arrivals = {s: deque() for s in symbols}
-    journaled = {s: _Journaled(f, inbox, session_ref, arrivals[s]) for s, f in feeds.items()}
+    staleness = Staleness(symbols, stale_after or settings.stale_after or default_stale_after(*timeframe),
+                          calendars=calendars)
+    monitor = monitor_for(drift_baseline, settings.drift_baseline, store)
+    journaled = {s: _Journaled(f, inbox, session_ref, arrivals[s], staleness) for s, f in feeds.items()}
     after = {s: pd.Timestamp(t, tz="UTC") for s, t in resume.last.items()} if resume else None
     router = BarRouter(journaled, on_event=recorder.note_event, after=after)
     broker_instance = open_broker(broker_url or settings.broker, broker, run_id=run_id)
@@ -270,8 +305,13 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     cerebro = kernel.build(list(feeds.values()), broker_instance=broker_instance,
                            hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
                                                       arrivals=arrivals, on_decided=partial(ack_taken, acks),
-                                                      on_start=_set_hook(session_ref)))])
+                                                      on_start=_set_hook(session_ref))),
+                                  (StaleMarks, dict(_name="farm_stale", staleness=staleness, recorder=recorder,
+                                                    live=lambda: not any(f._history for f in feeds.values()))),
+                                  *([(DriftHook, dict(_name="farm_drift", monitor=monitor, recorder=recorder))]
+                                    if monitor is not None else [])])
     session = PaperSession(run_id, feeds, router, recorder, writer=None, agent_id=agent_id, state_dir=state_dir)
+    session.staleness, session.drift = staleness, monitor
     session_ref.append(session)
     session.cerebro = cerebro
 
@@ -312,7 +352,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     session.state = "running"
     # The paper board shows the run while it runs; its final figures replace these at the end.
     updates = leaderboard.LiveUpdates(settings, store.runs.get(run_id) or {"run_id": run_id, "agent_id": agent_id,
-                                      "mode": "paper"}, recorder, every=settings.leaderboard_every).start()
+                                      "mode": "paper"}, recorder, every=settings.leaderboard_every,
+                                      extra=session.health_metrics).start()
     if replay_bars is not None:
         from farmkit.live.replay import Replay
         session.replay = Replay(replay_bars, bus, topic=topic, speed=replay_speed or settings.replay_speed,
@@ -354,7 +395,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     recorder.flush()
     shut_down()
     bars = consumed_bars(feeds)
-    return kernel.finish(bars, extra_metrics={"messages": dict(router.counts)}, data_fingerprint=bars.fingerprint())
+    return kernel.finish(bars, extra_metrics={"messages": dict(router.counts), **session.health_metrics()},
+                         data_fingerprint=bars.fingerprint())
+
 
 
 def paper_from_plan(plan):

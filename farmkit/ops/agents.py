@@ -1,7 +1,10 @@
 """Where promoted agents live, behind one interface: a local folder (``agents/``) or a GCS bucket.
 
 An agent is a folder holding ``agent.ipynb`` and ``agent.yaml`` (see :mod:`farmkit.ops.promote`); the
-store adds who owns it (an ``owner:`` line in ``agent.yaml``).
+store adds who owns it and the agent's immutable id (``owner:`` and ``agent_uid:`` lines in
+``agent.yaml``). The id is made when an agent of that name is first stored, kept when its owner
+replaces it, and new after a delete: runs belong to an id, so a new agent that takes a deleted
+agent's name sees none of its runs.
 
     store = open_agent_store("agents")                  # the local folder
     store = open_agent_store("gs://my-farm-agents/agents")   # a bucket and an optional prefix
@@ -14,6 +17,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,16 +28,19 @@ from farmkit.errors import ConfigError
 from farmkit.ops.promote import _check_name
 
 FILES = ("agent.ipynb", "agent.yaml")
+OPTIONAL = ("requirements.lock",)   # stored when the promotion wrote it (older agents have none)
 
 
 @dataclass(frozen=True)
 class AgentRecord:
-    """One stored agent: its manifest, its owner (None for agents put there by hand) and when it was stored."""
+    """One stored agent: its manifest, its owner (None for agents put there by hand), its immutable id
+    (None for agents put there by hand) and when it was stored."""
 
     name: str
     manifest: dict
     owner: str | None
     updated_at: float | None
+    uid: str | None = None
 
 
 class AgentStore(Protocol):
@@ -52,20 +59,28 @@ class AgentStore(Protocol):
     def check(self) -> None: ...
 
 
-def _with_owner(manifest_text: str, owner: str | None) -> str:
-    lines = [line for line in manifest_text.splitlines() if not line.startswith("owner:")]
+def _with_owner(manifest_text: str, owner: str | None, uid: str) -> str:
+    lines = [line for line in manifest_text.splitlines() if not line.startswith(("owner:", "agent_uid:"))]
     if owner is not None:
         lines.append(yaml.safe_dump({"owner": owner}, default_flow_style=False).strip())
+    lines.append(yaml.safe_dump({"agent_uid": uid}, default_flow_style=False).strip())
     return "\n".join(lines) + "\n"
+
+
+def _uid_for(existing: AgentRecord | None, owner: str | None) -> str:
+    # Its owner replacing an agent keeps it the same agent; anyone else's agent of that name is another.
+    if existing is not None and existing.uid and existing.owner == owner:
+        return existing.uid
+    return uuid.uuid4().hex
 
 
 def _record(name: str, manifest_text: str, updated_at: float | None) -> AgentRecord:
     manifest = yaml.safe_load(manifest_text) or {}
     if not isinstance(manifest, dict):
         raise ConfigError(f"agent {name}: agent.yaml is not a mapping")
-    owner = manifest.pop("owner", None)
+    owner, uid = manifest.pop("owner", None), manifest.pop("agent_uid", None)
     return AgentRecord(name=name, manifest=manifest, owner=None if owner is None else str(owner),
-                       updated_at=updated_at)
+                       updated_at=updated_at, uid=None if uid is None else str(uid))
 
 
 def _valid(name: str) -> bool:
@@ -104,11 +119,12 @@ class LocalAgentStore:
     def put(self, name: str, folder: Path, owner: str | None) -> AgentRecord:
         _check_name(name)
         self.root.mkdir(parents=True, exist_ok=True)
+        uid = _uid_for(self.get(name), owner)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
-        for file in FILES:
+        for file in FILES + tuple(f for f in OPTIONAL if (Path(folder) / f).is_file()):
             shutil.copyfile(Path(folder) / file, staging / file)
         manifest = staging / "agent.yaml"
-        manifest.write_text(_with_owner(manifest.read_text(encoding="utf-8"), owner), encoding="utf-8")
+        manifest.write_text(_with_owner(manifest.read_text(encoding="utf-8"), owner, uid), encoding="utf-8")
         target = self.root / name
         old = target.with_name(f".{name}.old-{time.time_ns()}") if target.exists() else None
         if old:
@@ -181,9 +197,13 @@ class GcsAgentStore:
 
     def put(self, name: str, folder: Path, owner: str | None) -> AgentRecord:
         _check_name(name)
+        uid = _uid_for(self.get(name), owner)
         self._blob(name, "agent.ipynb").upload_from_filename(str(Path(folder) / "agent.ipynb"),
                                                              content_type="application/x-ipynb+json")
-        text = _with_owner((Path(folder) / "agent.yaml").read_text(encoding="utf-8"), owner)
+        for file in OPTIONAL:
+            if (Path(folder) / file).is_file():
+                self._blob(name, file).upload_from_filename(str(Path(folder) / file), content_type="text/plain")
+        text = _with_owner((Path(folder) / "agent.yaml").read_text(encoding="utf-8"), owner, uid)
         # The manifest last: an agent is listed once its manifest is there, and by then its notebook is.
         self._blob(name, "agent.yaml").upload_from_string(text, content_type="application/yaml")
         return self.get(name)
@@ -192,7 +212,7 @@ class GcsAgentStore:
         from google.api_core.exceptions import NotFound
         if self.get(name) is None:
             return False
-        for file in ("agent.yaml", "agent.ipynb"):      # the manifest first: no half agent is ever listed
+        for file in ("agent.yaml", "agent.ipynb", *OPTIONAL):   # the manifest first: no half agent is ever listed
             try:
                 self._blob(name, file).delete()
             except NotFound:
@@ -206,6 +226,10 @@ class GcsAgentStore:
         folder.mkdir(parents=True, exist_ok=True)
         for file in FILES:
             self._blob(name, file).download_to_filename(str(folder / file))
+        for file in OPTIONAL:
+            blob = self._blob(name, file)
+            if blob.exists():
+                blob.download_to_filename(str(folder / file))
         return folder
 
     def check(self) -> None:

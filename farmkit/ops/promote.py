@@ -2,6 +2,10 @@
 
 A promotion is only kept if the promoted notebook makes the same decisions as the original: both
 are run as backtests with their default parameters and their FMEL decisions compared bar by bar.
+And it is refused (``allow_overfit=True``, ``--allow-overfit``, overrides it, and the manifest says
+so) when the result is likely noise: the run's deflated Sharpe ratio over every trial of its family
+is below 0.95, or the family's Probability of Backtest Overfitting (its trials on the same data) is
+above 0.5 (:func:`farmkit.research.overfit.gate`).
 
 The manifest says what reproduces the run: the data's fingerprint, the warm-up the strategy actually
 needed (the bars before its first ``next()``: backtrader's minimum period - 1), Python and the versions of
@@ -31,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import yaml
 
 from farmkit.version import __version__
-from farmkit.research import notebooks
+from farmkit.research import notebooks, overfit, trials
 from farmkit.errors import FarmError
 from farmkit.fmel.stores import open_store
 from farmkit.settings import Settings
@@ -64,10 +69,12 @@ class Agent:
 
 
 def promote(notebook: str | Path, name: str, *, agents_dir: str | Path = "agents", force: bool = False,
-            settings: Settings | None = None, image: str | None = None) -> Agent:
+            settings: Settings | None = None, image: str | None = None, allow_overfit: bool = False) -> Agent:
     """Copy a strategy notebook to ``AGENTS_DIR/NAME/`` with a manifest, after checking it runs,
     defines a Strategy and that the copy decides exactly as the original did. ``image`` is the runner
     image the agent is pinned to (default ``FARM_RUNNER_IMAGE``; ``REPO/runner@sha256:...`` pins it).
+    ``allow_overfit`` promotes a strategy the overfitting gate refuses (the manifest's ``overfitting``
+    says it was overridden).
 
     >>> promote("notebooks/strategies/sma_crossover.ipynb", "sma-cross", force=True).manifest["verification"]
     {'decisions_sha256': '...', 'bars': 15600, 'run_ids': {'source': 'bt-...', 'agent': 'bt-...'}}
@@ -91,6 +98,10 @@ def promote(notebook: str | Path, name: str, *, agents_dir: str | Path = "agents
     if not source_decisions:
         raise PromoteError(f"cannot promote {notebook}: it recorded no FMEL decisions; call "
                            f"fk.backtest({strategy}, ...) in the notebook so the promotion can be verified")
+    overfitting = _overfitting(store, store.runs.get(source_run.run_id) or {})
+    if not overfitting["passed"] and not allow_overfit:
+        raise PromoteError(f"cannot promote {notebook}: {overfitting['reason']}")
+    overfitting["overridden"] = not overfitting["passed"]
 
     # With force the old agent is set aside, not deleted, so a failed verification can put it back.
     backup = folder.with_name(f".{name}.previous-{uuid.uuid4().hex[:8]}") if folder.exists() else None
@@ -118,6 +129,7 @@ def promote(notebook: str | Path, name: str, *, agents_dir: str | Path = "agents
                                  "warmup_bars": manifest["warmup_bars"]}
         manifest["environment"] = _write_lock(folder)
         manifest["image"] = _image(image if image is not None else settings.runner_image)
+        manifest["overfitting"] = overfitting
         (folder / "agent.yaml").write_text(_dump(manifest), encoding="utf-8")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -238,6 +250,42 @@ def _manifest(name: str, strategy: str, defaults: dict, agent_nb: Path, *, warmu
         "warmup_bars": int(warmup) if _given(warmup) else 0,
         "resources": copy.deepcopy(RESOURCES),
     }
+
+
+_OVERRIDE = "pass allow_overfit=True (farm promote --allow-overfit) and say why in the notebook"
+_MAX_PBO_TRIALS = 200    # the family's latest trials on the same data that PBO is measured over
+
+
+def _overfitting(store, row: dict) -> dict:
+    """The overfitting gate's verdict on the source run, with its DSR and its family's PBO."""
+    dsr = (row.get("metrics") or {}).get("dsr")
+    dsr = float(dsr) if isinstance(dsr, (int, float)) else float("nan")
+    pbo, n_trials = _family_pbo(store, row)
+    verdict = overfit.gate(dsr, pbo, override=_OVERRIDE)
+    return {"passed": bool(verdict.passed), "reason": verdict.reason, "dsr": None if dsr != dsr else round(dsr, 6),
+            "pbo": None if pbo is None else round(float(pbo), 6), "pbo_trials": n_trials,
+            "family": row.get("family") or row.get("strategy")}
+
+
+def _family_pbo(store, row: dict) -> tuple[float | None, int]:
+    # PBO compares trials on the same data: the family's done trials with the run's data fingerprint.
+    key = row.get("family") or row.get("strategy")
+    if not key or not row.get("data_fingerprint"):
+        return None, 0
+    frame = trials.family(store, key=key)
+    frame = frame[frame["data_fingerprint"] == row["data_fingerprint"]].tail(_MAX_PBO_TRIALS)
+    columns = {}
+    for run_id in frame["run_id"]:
+        returns = notebooks._trial_returns(store, run_id)
+        if returns is not None and len(returns):
+            columns[run_id] = returns
+    if len(columns) < 2:
+        return None, len(columns)
+    matrix = pd.DataFrame(columns).sort_index()
+    blocks = min(16, (len(matrix) // 2) // 2 * 2)     # even, at least two rows per block
+    if blocks < 2:
+        return None, len(columns)
+    return overfit.pbo(matrix, n_splits=blocks).pbo, len(columns)
 
 
 def _given(value) -> bool:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from farmkit.research import trials
+from farmkit.research import split, trials
 from farmkit.brokers.config import BrokerConfig
 from farmkit.data.bars import Bars, to_bars
 from farmkit.fmel.recorder import FmelRecorder
@@ -143,14 +143,22 @@ def run(plan: Plan):
     kernel = Run(plan.strategy, plan.params, mode="backtest", broker=plan.broker, engine=plan.engine,
                  settings=settings, store=store, agent_id=plan.agent_id, run_id=run_id)
     bars = plan.bars
+    # A notebook sweep's split trial says in its queued row which side of the split it runs on.
+    asked = (store.runs.get(run_id) or {}).get("split") if claimed else None
+    if isinstance(asked, dict):
+        bars, window = split.claimed_bars(bars, asked)
     kernel.register(data_fingerprint=bars.fingerprint())
+    if isinstance(asked, dict):
+        store.runs.upsert(run_id, split=split.window_record(asked, window))
     recorder = kernel.record()
     kernel.build(history_feeds(bars, fromdate=plan.fromdate, todate=plan.todate))
     total = max(len(f) for f in bars.values())
     with _Progress(recorder, total, plan.progress or settings.progress, plan.strategy.__name__):
         kernel.execute()
     result = kernel.finish(bars, extra_metrics=lambda result: trials.trial_metrics(
-        store, kernel.name, kernel.code, result))
+        store, kernel.name, kernel.code, result, family_key=kernel.family))
+    if isinstance(asked, dict) and asked.get("side") == "out_of_sample":
+        split.finish_out_of_sample(result, window, asked, store, settings)
     if claimed:  # run by `farm backtest`: keep the tearsheet with the run's other artifacts
         result.to_html()
     return result

@@ -9,109 +9,60 @@ again on the data cut at a few points, and compare each truncated run, bar by ba
 >>> report.ok, report.first_bar
 >>> report.differences.head()
 >>> report.raise_if_leaky()          # in a notebook cell that gates a sweep
+
+A notebook's path checks the whole notebook instead, every cell re-run on cut data
+(:mod:`farmkit.research.lookahead_notebook`): ``check_lookahead("notebooks/strategies/sma_crossover.ipynb")``.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import math
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
+import os
 
 from farmkit.data.bars import Bars, to_bars
-from farmkit.research.backtest import backtest
-from farmkit.errors import FarmError, StrategyError
+from farmkit.errors import StrategyError
 from farmkit.fmel.stores import open_store
+from farmkit.research import lookahead_notebook
+from farmkit.research.backtest import backtest
+from farmkit.research.lookahead_report import (
+    CHECK_SEGMENT,
+    COLUMNS,
+    LookaheadError,
+    LookaheadReport,
+    _clock,
+    _compare,
+    _cut_points,
+    _differences,
+)
 from farmkit.result import BacktestResult
 from farmkit.settings import Settings
 
-COLUMNS = ["cut", "bar_number", "timestamp", "field", "full_value", "truncated_value"]
-_REL_TOL = _ABS_TOL = 1e-9
+__all__ = ["CHECK_SEGMENT", "COLUMNS", "LookaheadError", "LookaheadReport", "check_lookahead", "check_notebook"]
 
 
-class LookaheadError(FarmError, AssertionError):
-    """A strategy's decisions or tracked values depend on bars after the one being decided."""
-
-
-@dataclass(frozen=True)
-class LookaheadReport:
-    """What :func:`check_lookahead` found. ``cuts`` are the bar counts of the truncated runs;
-    ``differences`` has one row per (cut, bar, field) that differed from the full run."""
-
-    strategy: str
-    bars: int
-    cuts: tuple[int, ...]
-    differences: pd.DataFrame
-    full_run_id: str
-    truncated_run_ids: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        return self.differences.empty
-
-    @property
-    def first_bar(self) -> int | None:
-        return None if self.ok else int(self.differences.bar_number.min())
-
-    @property
-    def first_timestamp(self) -> pd.Timestamp | None:
-        return None if self.ok else self._first.timestamp.iloc[0]
-
-    @property
-    def _first(self) -> pd.DataFrame:
-        first = self.differences[self.differences.bar_number == self.first_bar]
-        return first[first.cut == first.cut.min()]
-
-    def __str__(self) -> str:
-        cuts = ", ".join(map(str, self.cuts))
-        if self.ok:
-            return (f"{self.strategy}: no look-ahead found; decisions and tracked values on runs cut "
-                    f"after {cuts} of {self.bars} bars match the full run.")
-        first = self._first
-        fields = "; ".join(f"{r.field}: {_show(r.full_value)} with all the data, {_show(r.truncated_value)} "
-                           f"with the data cut after {r.cut} bars" for r in first.itertuples())
-        differing = ", ".join(dict.fromkeys(self.differences.field))
-        return (f"{self.strategy} looks ahead: at bar {self.first_bar} ({self.first_timestamp}) it differs "
-                f"when later bars are removed. {fields}. Over {len(self.differences)} difference(s), "
-                f"these differed: {differing}. report.differences lists them all.")
-
-    def _repr_html_(self) -> str:
-        table = "" if self.ok else self.differences.head(20).to_html(index=False)
-        return f"<p><b>{'OK' if self.ok else 'Look-ahead'}</b>: {html.escape(str(self))}</p>{table}"
-
-    def to_dict(self) -> dict:
-        """A JSON-ready summary (what `farm check-lookahead` reads back from the notebook)."""
-        head = self.differences.head(50).astype({"timestamp": "string"}).astype(object)
-        return {"ok": self.ok, "strategy": self.strategy, "bars": self.bars, "cuts": list(self.cuts),
-                "first_bar": self.first_bar, "message": str(self), "full_run_id": self.full_run_id,
-                "differences": head.where(head.notna(), None).to_dict("records")}
-
-    def raise_if_leaky(self) -> "LookaheadReport":
-        """Raise :class:`LookaheadError` with the report's message if anything differed."""
-        if not self.ok:
-            raise LookaheadError(str(self))
-        return self
-
-
-CHECK_SEGMENT = "lookahead"     # the registry's segment of a look-ahead check's own runs
-
-
-def check_lookahead(strategy, data=None, *, cuts: int = 5, cash: float = 100_000.0, commission: float = 0.0,
-                    settings: Settings | None = None, **params) -> LookaheadReport:
-    """Backtest ``strategy`` on all of ``data`` and on ``cuts`` truncations of it (cut evenly between
-    20% and 95% of the bars, every symbol at the same timestamp), and report where its decisions
-    (action, symbol, size) or tracked values differ from the full run on the same bar.
+def check_lookahead(strategy, data=None, *, cuts: int | None = None, cash: float | None = None,
+                    commission: float | None = None, settings: Settings | None = None, recursive: bool = True,
+                    starts: int = 1, **params):
+    """Backtest ``strategy`` on all of ``data`` and on ``cuts`` (default 5) truncations of it (cut
+    evenly between 20% and 95% of the bars, every symbol at the same timestamp), and report where its
+    decisions (action, symbol, size) or tracked values differ from the full run on the same bar.
 
     ``strategy`` may also be a finished backtest: its strategy, data, parameters and broker are reused.
+    A notebook's path checks the whole notebook (every cell re-run on cut data, ``cuts`` default 3,
+    ``params`` its parameters, ``recursive``/``starts`` the warm-up check): see
+    :func:`farmkit.research.lookahead_notebook.check_notebook`.
 
     >>> check_lookahead(SmaCross, bars, fast=5).raise_if_leaky()
     >>> check_lookahead(res)            # res = fk.backtest(...)
+    >>> check_lookahead("notebooks/strategies/sma_crossover.ipynb", days=5)
     """
+    if isinstance(strategy, (str, os.PathLike)):
+        # A notebook's cash and commission are parameters of the notebook like any other.
+        given = {k: v for k, v in (("cash", cash), ("commission", commission)) if v is not None}
+        return check_notebook(strategy, {**given, **params}, cuts=3 if cuts is None else cuts,
+                              recursive=recursive, starts=starts, settings=settings)
+    cuts = 5 if cuts is None else cuts
+    cash = 100_000.0 if cash is None else cash
+    commission = 0.0 if commission is None else commission
     broker = dict(cash=cash, commission=commission)
     if isinstance(strategy, BacktestResult):
         done = strategy
@@ -148,107 +99,10 @@ def check_lookahead(strategy, data=None, *, cuts: int = 5, cash: float = 100_000
         counts.append(n)
         run_ids.append(run_id)
         found.extend(_compare(full, records, n))
-    # dtype=object keeps a null tracked value None instead of pandas turning it into NaN.
-    differences = pd.DataFrame(found, columns=COLUMNS, dtype=object).astype({"cut": "int64", "bar_number": "int64"})
-    differences["timestamp"] = pd.to_datetime(differences.timestamp, utc=True)
-    differences = differences.sort_values(["bar_number", "cut"], kind="stable")
-    return LookaheadReport(strategy.__name__, len(full), tuple(counts), differences.reset_index(drop=True),
+    return LookaheadReport(strategy.__name__, len(full), tuple(counts), _differences(found),
                            str(full.run_id.iloc[0]) if len(full) else "", tuple(run_ids))
 
 
-def _clock(bars: Bars) -> pd.DatetimeIndex:
-    # backtrader steps once per distinct timestamp over all feeds: that is what a bar number counts.
-    frames = list(bars.values())
-    index = frames[0].index
-    for frame in frames[1:]:
-        index = index.union(frame.index)
-    return index
-
-
-def _cut_points(bars: Bars, clock: pd.DatetimeIndex, cuts: int) -> list[int]:
-    # Every symbol needs at least one bar in a truncated run, or the run has no feed to start from.
-    earliest = max(clock.searchsorted(f.index[0]) + 1 for f in bars.values())
-    points = np.linspace(0.2, 0.95, max(cuts, 1)) * len(clock)
-    return sorted({int(p) for p in points if earliest <= int(p) < len(clock)})
-
-
-def _compare(full: pd.DataFrame, truncated: pd.DataFrame, cut: int) -> list[tuple]:
-    out = []
-    pairs = truncated[["bar_number", "decisions", "strategy_state"]].merge(
-        full[["bar_number", "timestamp", "decisions", "strategy_state"]], on="bar_number", suffixes=("", "_full"))
-    # The last bar before the cut is compared like any other: decisions and tracked values are made from
-    # bars up to and including it, so only look-ahead can change them. Fills at the next open, which do
-    # differ there, are in `actions` and `performance`, which are not compared. Identical JSON text is
-    # the common case and needs no parsing.
-    changed = ((pairs.decisions != pairs.decisions_full) | (pairs.strategy_state != pairs.strategy_state_full))
-    for row in pairs[changed].itertuples(index=False):
-        mine, theirs = _decisions(row.decisions), _decisions(row.decisions_full)
-        if not _same(mine, theirs):
-            out.append((cut, row.bar_number, row.timestamp, "decisions", theirs, mine))
-        mine, theirs = _tracked(row.strategy_state), _tracked(row.strategy_state_full)
-        for name in dict.fromkeys([*theirs, *mine]):
-            if not _same(theirs.get(name), mine.get(name)):
-                out.append((cut, row.bar_number, row.timestamp, f"tracked.{name}", theirs.get(name), mine.get(name)))
-    return out
-
-
-def _decisions(text) -> list:
-    # The free-text reason, confidence and order refs are left out: refs come from a process-wide counter.
-    return [[d.get("action"), d.get("symbol"), d.get("size")] for d in (json.loads(text) if text else [])]
-
-
-def _tracked(text) -> dict:
-    return (json.loads(text) or {}).get("tracked") or {} if text else {}
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
-        return a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
-def _show(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else json.dumps(value, default=str)
-
-
-_MIME = "application/vnd.farm.lookahead+json"
-_CHECK_CELL = """# added by `farm check-lookahead`
-import farmkit as _fk
-from IPython.display import display as _display
-_done = [_v for _v in list(globals().values()) if isinstance(_v, _fk.BacktestResult)]
-if not _done:
-    raise RuntimeError("the notebook ran no fk.backtest, so there is nothing to check")
-_display({%(mime)r: _fk.check_lookahead(_done[-1], cuts=%(cuts)d).to_dict()}, raw=True)
-"""
-
-
-def check_notebook(path, params: dict | None = None, *, cuts: int = 5, settings: Settings | None = None) -> dict:
-    """Run a strategy notebook, then check its last backtest for look-ahead (see :func:`check_lookahead`).
-
-    Returns the report as a dict (``ok``, ``first_bar``, ``message``, ``differences``).
-    """
-    import nbformat
-
-    from farmkit.research import notebooks
-
-    path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(_CHECK_CELL % {"mime": _MIME, "cuts": cuts}))
-    # Next to the original, so the notebook's relative paths still resolve.
-    copy = path.with_name(f".{path.stem}.lookahead-{uuid.uuid4().hex[:6]}.ipynb")
-    nbformat.write(nb, copy)
-    try:
-        run = notebooks.run(copy, params, settings=settings, progress=False)
-    finally:
-        copy.unlink(missing_ok=True)
-    executed = nbformat.read(run.output, as_version=4)
-    for output in executed.cells[-1].get("outputs", []):
-        if _MIME in output.get("data", {}):
-            return output["data"][_MIME]
-    raise LookaheadError(f"{path}: the look-ahead check produced no report")
+def check_notebook(path, params: dict | None = None, **options):
+    """The whole-notebook check (:func:`farmkit.research.lookahead_notebook.check_notebook`)."""
+    return lookahead_notebook.check_notebook(path, params, **options)

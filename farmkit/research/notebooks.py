@@ -88,7 +88,12 @@ def parameters(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise NotebookError(f"no notebook at {path}")
-    nb = nbformat.read(path, as_version=4)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # noqa: BLE001 - not JSON, not a notebook, an unreadable file: all say the same
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise NotebookError(f"{path} is not a Jupyter notebook ({first}); pass an .ipynb file, e.g. "
+                            "notebooks/strategies/sma_crossover.ipynb") from None
     for cell in nb.cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             return _assignments(cell.source, path)
@@ -153,7 +158,11 @@ def coerce(params: dict, defaults: dict, notebook: str | Path = "notebook") -> d
 @contextmanager
 def _environment(**values):
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: str(v) for k, v in values.items()})
+    for k, v in values.items():     # None: the variable is unset for the block
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = str(v)
     try:
         yield
     finally:
@@ -183,8 +192,9 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
     store = store or open_store(settings.store)
     run_id, output, started = _register(store, path, params, sweep_id)
     try:
+        # The kernel's backtests belong to whoever this run belongs to (FARM_OWNER; unset: nobody's).
         with _environment(FARM_RUN_ID=run_id, FARM_HOME=settings.home, FARM_STORE=settings.store,
-                          FARM_PROGRESS="off"):
+                          FARM_PROGRESS="off", FARM_OWNER=settings.owner, FARM_AGENT_UID=settings.agent_uid):
             papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
                                        language="python", cwd=str(path.parent), progress_bar=progress, log_output=False,
                                        kernel_manager_class=kernel_manager_class())
@@ -200,15 +210,19 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
     return _finished(store, run_id, path, started, output)
 
 
-def _register(store, path: Path, params: dict, sweep_id: str | None) -> tuple[str, Path, float]:
-    """Register a notebook run as queued; returns its id, where its executed notebook goes, and when."""
+def _register(store, path: Path, params: dict, sweep_id: str | None, *, segment: str | None = None,
+              split: dict | None = None) -> tuple[str, Path, float]:
+    """Register a notebook run as queued; returns its id, where its executed notebook goes, and when.
+    A split trial's ``segment`` and ``split`` (see :func:`farmkit.research.split.trial_split`) tell
+    the notebook's backtest which bars to run on."""
     run_id = new_run_id()
     out_dir = store.run_dir(run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    extra = {"segment": segment, "split": split} if split is not None else {}
     store.runs.upsert(run_id, agent_id=path.stem, strategy=path.stem, mode="backtest", status="queued",
                       params=params, notebook=str(path), sweep_id=sweep_id,
-                      started_at=pd.Timestamp(started, unit="s", tz="UTC"))
+                      started_at=pd.Timestamp(started, unit="s", tz="UTC"), **extra)
     return run_id, out_dir / "notebook.ipynb", started
 
 
@@ -236,16 +250,57 @@ def _finished(store, run_id: str, path: Path, started: float, output: Path) -> N
                        tearsheet=tearsheet if tearsheet.exists() else None, run=row)
 
 
-def grid_points(path: str | Path, grid: dict[str, list]) -> list[dict]:
-    """Every combination of the grid's values, checked and typed against the notebook's parameters."""
+def grid_points(path: str | Path, grid: dict[str, list], fixed: dict | None = None) -> list[dict]:
+    """Every combination of the grid's values, checked and typed against the notebook's parameters;
+    ``fixed`` parameters (typed the same way) are in every point."""
     defaults = parameters(path)
     if not grid:
         raise ParameterError("the grid is empty: give at least one --grid NAME=V1,V2")
     for name, values in grid.items():
         if not values:
             raise ParameterError(f"grid parameter {name} has no values")
+    fixed = _fixed(path, grid, fixed, defaults)
     names = list(grid)
-    return [coerce(dict(zip(names, combo)), defaults, path) for combo in itertools.product(*grid.values())]
+    return [{**fixed, **coerce(dict(zip(names, combo)), defaults, path)} for combo in itertools.product(*grid.values())]
+
+
+def _fixed(path, grid: dict, fixed: dict | None, defaults: dict) -> dict:
+    both = sorted(set(grid) & set(fixed or {}))
+    if both:
+        raise ParameterError(f"{', '.join(both)} given both as a swept and as a fixed parameter (-p)")
+    return coerce(dict(fixed or {}), defaults, path)
+
+
+def search_space(path: str | Path, space: dict, fixed: dict | None = None) -> tuple[dict, dict]:
+    """``(space, fixed)`` typed against the notebook's parameters: a list of choices is coerced
+    value by value, a ``"LO..HI"`` string becomes a range of the default's type (Int or Float from
+    :mod:`farmkit.research.search`), ranges and other values are kept as given.
+
+    >>> search_space(nb, {"fast": "3..30", "slow": ["50", "100"]})[0]
+    {'fast': Int(lo=3, hi=30, step=1, log=False), 'slow': [50, 100]}
+    """
+    from farmkit.research.search import Float, Int
+
+    defaults = parameters(path)
+    if not space:
+        raise ParameterError("the search space is empty: give at least one --grid NAME=V1,V2 or NAME=LO..HI")
+    out = {}
+    for name, values in space.items():
+        if isinstance(values, str) and ".." in values:
+            lo, _, hi = values.partition("..")
+            ends = coerce({name: lo.strip()}, defaults, path)[name], coerce({name: hi.strip()}, defaults, path)[name]
+            if isinstance(defaults[name], bool) or not all(isinstance(v, (int, float)) for v in ends):
+                raise ParameterError(f"{name}={values}: a range LO..HI needs a number parameter; "
+                                     f"{name} defaults to {defaults[name]!r}")
+            out[name] = Int(*ends) if isinstance(defaults[name], int) else Float(float(ends[0]), float(ends[1]))
+        elif isinstance(values, list):
+            if not values:
+                raise ParameterError(f"grid parameter {name} has no values")
+            out[name] = [coerce({name: v}, defaults, path)[name] for v in values]
+        else:
+            coerce({name: defaults.get(name)}, defaults, path)   # the name must be the notebook's
+            out[name] = values
+    return out, _fixed(path, space, fixed, defaults)
 
 
 # -- sweeps: several trials per kernel ------------------------------------------------------------
@@ -325,7 +380,8 @@ class _Kernel:
                 pass
 
 
-def _warm_trial(kernel: _Kernel, path: Path, params: dict, store, sweep_id: str) -> dict:
+def _warm_trial(kernel: _Kernel, path: Path, params: dict, store, sweep_id: str, segment: str | None = None,
+                split: dict | None = None) -> dict:
     """One trial in a reused kernel, registered like :func:`run`; returns its row of the sweep table."""
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NotebookExecutionManager
@@ -343,7 +399,7 @@ def _warm_trial(kernel: _Kernel, path: Path, params: dict, store, sweep_id: str)
             return cell
 
     row = {**params, "run_id": None, "status": "failed", "error": None}
-    run_id, output, started = _register(store, path, params, sweep_id)
+    run_id, output, started = _register(store, path, params, sweep_id, segment=segment, split=split)
     row["run_id"] = run_id
     nb = parameterize_notebook(load_notebook_node(str(path)), params, kernel_name="python3", language="python")
     setup = nbformat.v4.new_code_cell(_SETUP.format(run_id=run_id))
@@ -375,7 +431,8 @@ def _warm_trial(kernel: _Kernel, path: Path, params: dict, store, sweep_id: str)
         row["error"] = error
         return row
     result = _finished(store, run_id, path, started, output)
-    row.update(status=result.status, **(result.run.get("metrics") or {}))
+    # A metric named like a notebook parameter (``days``) does not hide the parameter's value.
+    row.update(status=result.status, **{k: v for k, v in (result.run.get("metrics") or {}).items() if k not in params})
     return row
 
 
@@ -392,33 +449,73 @@ def _quiet_log():
     return log
 
 
+@dataclass(frozen=True)
+class NotebookSweep:
+    """A notebook sweep: ``table`` (one row per trial, in the order they were asked), ``returns``,
+    the daily returns of each done trial (a series named by its run id), and with a split ``oos``,
+    the out-of-sample run of the chosen trial next to its in-sample figures."""
+
+    sweep_id: str
+    table: pd.DataFrame
+    returns: list
+    interrupted: bool
+    oos: pd.DataFrame | None = None
+
+
 def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings: Settings | None = None,
-          progress: bool = True) -> tuple[str, pd.DataFrame]:
+          progress: bool = True, fixed: dict | None = None) -> tuple[str, pd.DataFrame]:
     """Run a notebook once per grid point (each a registered run with its executed notebook) under one
     sweep id; returns ``(sweep_id, table)``. A failing trial is a row with its error; the rest go on.
     Each worker reuses one kernel across its trials, reset between them; Ctrl-C stops the sweep and
-    keeps the finished trials (``table.attrs["interrupted"]`` is then True).
+    keeps the finished trials (``table.attrs["interrupted"]`` is then True). ``fixed`` parameters
+    are the same in every trial. :func:`run_sweep` also searches (TPE) and keeps daily returns.
 
     >>> sweep_id, table = sweep("notebooks/strategies/sma_crossover.ipynb", {"fast": [5, 10], "slow": [30, 60]})
     """
+    done = run_sweep(path, grid, workers=workers, settings=settings, progress=progress, fixed=fixed)
+    return done.sweep_id, done.table
+
+
+def run_sweep(path: str | Path, grid: dict, *, workers: int = 1, settings: Settings | None = None,
+              progress: bool = True, fixed: dict | None = None, search: str = "grid", n_trials: int | None = None,
+              seed: int | None = None, constraints=None, select: str = "sharpe", split=None,
+              warmup_bars: int = 0) -> NotebookSweep:
+    """:func:`sweep` over every grid point, or with ``search="tpe"`` over ``n_trials`` points that
+    Optuna's TPE picks from the space ``grid`` (see :func:`search_space` and
+    :mod:`farmkit.research.search`), maximizing ``select``: ``workers`` trials are asked at a time
+    and told back in order, so a ``seed`` (with the same ``workers``) gives the same trials whatever the timing.
+
+    With ``split`` (a fraction or a date) the trials run on the in-sample side of the notebook's bars
+    (segment ``in_sample``, off the leaderboard), and the done trial with the highest ``select`` is
+    run once more on the out-of-sample side after ``warmup_bars`` bars of warm-up (segment
+    ``out_of_sample``, its figures those of the out-of-sample part, on the leaderboard): ``oos``."""
     import queue
     import threading
 
     from tqdm.auto import tqdm
 
     from farmkit.fmel.stores import open_store
+    from farmkit.research import split as splits
+    from farmkit.research.search import TpeSearch
 
     path = Path(path).absolute()
-    points = grid_points(path, grid)
+    if search == "grid":
+        points = grid_points(path, grid, fixed)
+        total, fixed_typed = len(points), _fixed(path, grid, fixed, parameters(path))
+    else:
+        space, fixed_typed = search_space(path, grid, fixed)
+        TpeSearch(space, n_trials, seed=seed, constraints=constraints)   # every mistake before the first run
+        points, total = None, int(n_trials)
+    asked = splits.trial_split(split, "in_sample", warmup_bars) if split is not None else None
+    if asked is None and warmup_bars:
+        raise ParameterError("warmup_bars warms up the out-of-sample run; it needs a split (e.g. --split 0.7)")
     settings = (settings or Settings.from_env()).replace(run_id=None)
     store = open_store(settings.store)
     sweep_id = new_run_id("sw")
     env = {k: v for k, v in os.environ.items() if k != "FARM_RUN_ID"}
     env.update(FARM_HOME=str(settings.home), FARM_STORE=settings.store, FARM_PROGRESS="off")
-    kernels = [_Kernel(path.parent, env) for _ in range(max(1, min(workers, len(points))))]
+    kernels = [_Kernel(path.parent, env) for _ in range(max(1, min(workers, total)))]
     todo: queue.Queue = queue.Queue()
-    for item in enumerate(points):
-        todo.put(item)
     done: queue.Queue = queue.Queue()
     stop = threading.Event()
 
@@ -426,36 +523,75 @@ def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings
         try:
             while not stop.is_set():
                 try:
-                    i, point = todo.get_nowait()
+                    i, point, segment, spec = todo.get(timeout=0.1)
                 except queue.Empty:
-                    return
+                    continue
                 try:
-                    done.put((i, _warm_trial(kernel, path, point, store, sweep_id)))
+                    row = _warm_trial(kernel, path, point, store, sweep_id, segment, spec)
+                    returns = _trial_returns(store, row["run_id"]) if row["status"] == "done" else None
+                    done.put((i, row, returns))
                 except Exception as exc:  # e.g. the registry could not be written: say so in the row
                     done.put((i, {**point, "run_id": None, "status": "failed",
-                                  "error": f"{type(exc).__name__}: {exc}"}))
+                                  "error": f"{type(exc).__name__}: {exc}"}, None))
         finally:
             kernel.shutdown()
 
     rows: dict[int, dict] = {}
-    bar = tqdm(total=len(points), unit="trial", desc=f"sweep {path.stem}", disable=not progress)
+    returns: dict[int, pd.Series] = {}
+    bar = tqdm(total=total + (asked is not None), unit="trial", desc=f"sweep {path.stem}", disable=not progress)
     threads = [threading.Thread(target=work, args=(k,), name=f"farm-sweep-{n}", daemon=True)
                for n, k in enumerate(kernels)]
-    interrupted = False
+
+    def collect(i: int, row: dict, series) -> None:
+        rows[i] = row
+        if series is not None:
+            returns[i] = series.rename(row["run_id"])
+
+    def wait_for(count: int) -> None:
+        while len(rows) < count and any(t.is_alive() for t in threads):
+            try:
+                collect(*done.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            best = max((r.get("sharpe", float("nan")) for r in rows.values() if r["status"] == "done"),
+                       default=float("nan"))
+            bar.set_postfix(best_sharpe=f"{best:.2f}")
+            bar.update()
+
+    sent: dict[int, dict] = {}   # what each trial was asked to run: the row's parameters, typed
+
+    def run_oos(point: dict) -> dict | None:
+        i = len(points)
+        todo.put((i, point, "out_of_sample", {**asked, "side": "out_of_sample"}))
+        wait_for(i + 1)
+        return rows.pop(i, None)   # the out-of-sample run is not a trial: it goes in oos, not the table
+
+    segment = "in_sample" if asked is not None else None
+    interrupted, oos = False, None
     try:
         for thread in threads:
             thread.start()
         try:
-            while (len(rows) < len(points) and any(t.is_alive() for t in threads)) or not done.empty():
-                try:
-                    i, row = done.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                rows[i] = row
-                best = max((r.get("sharpe", float("nan")) for r in rows.values() if r["status"] == "done"),
-                           default=float("nan"))
-                bar.set_postfix(best_sharpe=f"{best:.2f}")
-                bar.update()
+            if points is not None:
+                for i, point in enumerate(points):
+                    sent[i] = point
+                    todo.put((i, point, segment, asked))
+                wait_for(len(points))
+            else:
+                searcher, points = TpeSearch(space, n_trials, seed=seed, constraints=constraints), []
+                while not searcher.finished:
+                    batch = searcher.ask(len(kernels))
+                    for i, point in enumerate(batch, start=len(points)):
+                        sent[i] = {**fixed_typed, **point}
+                        todo.put((i, sent[i], segment, asked))
+                    wait_for(len(points) + len(batch))
+                    for i, point in enumerate(batch, start=len(points)):
+                        row = rows.get(i, {})
+                        score = row.get(select) if row.get("status") == "done" else None
+                        searcher.tell(point, None if score is None or pd.isna(score) else float(score))
+                    points += batch
+            if asked is not None:
+                oos = _out_of_sample(rows, sent, list(grid), select, run_oos, store)
         except KeyboardInterrupt:
             # No new trials; running ones are interrupted in their kernels and recorded as such,
             # then every kernel is shut down by its worker.
@@ -466,8 +602,7 @@ def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings
             for thread in threads:
                 thread.join(timeout=30)
             while not done.empty():
-                i, row = done.get_nowait()
-                rows[i] = row
+                collect(*done.get_nowait())
     finally:
         stop.set()
         for thread in threads:
@@ -475,9 +610,56 @@ def sweep(path: str | Path, grid: dict[str, list], *, workers: int = 1, settings
         for kernel in kernels:  # a worker that did not finish in time: do not leave its kernel behind
             kernel.shutdown()
         bar.close()
-    table = pd.DataFrame([rows[i] for i in sorted(rows)])  # grid order
+    table = pd.DataFrame([rows[i] for i in sorted(rows)])  # the order trials were asked in
+    if segment is not None and len(table):
+        table.insert(0, "segment", segment)
+    returns.pop(len(points or []), None)   # the out-of-sample run is not a trial of the search
     table.attrs["interrupted"] = interrupted
     out = settings.home / "sweeps" / sweep_id
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "trials.csv", index=False)
-    return sweep_id, table
+    if oos is not None:
+        oos.to_csv(out / "oos.csv", index=False)
+    return NotebookSweep(sweep_id, table, [returns[i] for i in sorted(returns)], interrupted, oos)
+
+
+def _out_of_sample(rows: dict, sent: dict, names: list[str], select: str, run, store) -> pd.DataFrame:
+    """The done in-sample trial with the highest ``select``, run out of sample: one row of
+    ``SweepResult.oos`` (``run(point)`` runs it and returns its row, or None when interrupted)."""
+    from farmkit.research.split import SIDE_BY_SIDE, best_trial
+
+    order = sorted(rows)
+    table = pd.DataFrame([rows[i] for i in order])
+    try:
+        best = best_trial(table, select)
+    except (ValueError, KeyError) as exc:   # every in-sample trial failed: nothing to take out of sample
+        return pd.DataFrame([{"window": 1, "oos_error": f"in sample: {exc}"}])
+    chosen, point = best.to_dict(), sent[order[best.name]]
+    row = run(point) or {}
+    where = ((store.runs.get(row["run_id"]) or {}).get("split") or {}) if row.get("run_id") else {}
+    out = {"window": 1, **{n: point.get(n) for n in names}, "is_run_id": chosen.get("run_id"),
+           "oos_run_id": row.get("run_id"),
+           **{k: pd.Timestamp(where[k]) if k in where else pd.NaT
+              for k in ("is_start", "is_end", "oos_start", "oos_end")}}
+    oos = (store.runs.get(row["run_id"]) or {}).get("metrics") or {} if row.get("status") == "done" else {}
+    for name in SIDE_BY_SIDE:
+        out[f"is_{name}"] = chosen.get(name, float("nan"))
+        out[f"oos_{name}"] = oos.get(name, float("nan"))
+    out.update(is_dsr=chosen.get("dsr", float("nan")), oos_psr=oos.get("psr", float("nan")),
+               oos_warmup_trades=oos.get("warmup_trades", float("nan")),
+               oos_error=None if row.get("status") == "done" else (row.get("error") or "interrupted"))
+    return pd.DataFrame([out])
+
+
+def _trial_returns(store, run_id: str) -> pd.Series | None:
+    """The daily returns of a trial's run, from the equity its FMEL recorded."""
+    import json
+
+    from farmkit import metrics
+
+    records = store.fmel(run_id)
+    if records.empty:   # the notebook ran no fk.backtest
+        return None
+    equity = pd.Series(records["performance"].map(lambda p: json.loads(p)["equity"]).to_numpy(dtype="float64"),
+                       index=pd.DatetimeIndex(records["timestamp"]).tz_convert("UTC"))
+    return metrics.daily_returns(equity)

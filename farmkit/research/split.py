@@ -243,13 +243,18 @@ def stitch(curves: list[OosCurve]) -> OosCurve:
 SIDE_BY_SIDE = ("sharpe", "total_return", "max_drawdown", "trades")
 
 
-def run_out_of_sample(strategy: type, bars: Bars, window: Window, params: dict, *, warmup_bars: int,
-                      sweep_id: str, segment: str, store, **backtest_kwargs) -> tuple[str | None, OosCurve | None,
-                                                                                       str | None]:
-    """One ``fk.backtest`` of the chosen ``params`` on the window's out-of-sample bars (after
+def run_out_of_sample(strategy: type, bars: Bars, window: Window, params: dict, *, backtest: Callable,
+                      warmup_bars: int, sweep_id: str, segment: str, store, board=None,
+                      **backtest_kwargs) -> tuple[str | None, OosCurve | None, str | None]:
+    """One ``backtest`` (``fk.backtest``, passed in: the engine reads splits, so this module does not
+    import it) of the chosen ``params`` on the window's out-of-sample bars (after
     ``warmup_bars`` of warm-up), registered with ``sweep_id`` and ``segment``, its registry
-    metrics replaced by those of the out-of-sample part alone. ``(run_id, curve, error)``."""
-    from farmkit.research.backtest import backtest  # the engine imports nothing from here; keep it that way
+    metrics replaced by those of the out-of-sample part alone. ``(run_id, curve, error)``.
+
+    ``board`` (Settings) puts the run on the leaderboard once its figures are the out-of-sample
+    ones; run it with ``settings`` whose ``redis`` is off, so the kernel does not publish the
+    figures that include the warm-up first."""
+    from farmkit import leaderboard
 
     try:
         res = backtest(strategy, with_warmup(bars, window, warmup_bars), store=store, progress="off",
@@ -263,6 +268,8 @@ def run_out_of_sample(strategy: type, bars: Bars, window: Window, params: dict, 
     # The registry must not show figures that include the warm-up under an out-of-sample label.
     store.runs.upsert(res.run_id, sweep_id=sweep_id, segment=segment,
                       metrics={**curve.metrics(), "warmup_bars": int(warmup_bars)})
+    if board is not None:
+        leaderboard.publish(board, store.runs.get(res.run_id))   # logged on failure; never breaks the sweep
     return res.run_id, curve, None
 
 
@@ -341,3 +348,63 @@ def run_split(windows: list[Window], names: list[str], *, run_grid: Callable, ru
     table.insert(0, "segment", table.pop("segment"))
     return SplitOutcome(table, pd.DataFrame.from_records(rows), stitch(curves) if curves else None,
                         len(curves), interrupted)
+
+
+# -- a notebook sweep's split trials ----------------------------------------------------------------
+#
+# A notebook makes its own bars, so a notebook sweep cannot hand a trial its in-sample bars. It asks
+# instead: the trial's queued registry row carries ``split`` (the split, the side, the warm-up), and
+# the notebook's first fk.backtest (the one that claims the queued run) cuts its bars accordingly.
+
+SIDES = ("in_sample", "out_of_sample")
+
+
+def trial_split(split, side: str, warmup_bars: int = 0) -> dict:
+    """What a notebook trial's registry row asks of its backtest: ``split`` (a fraction or a date;
+    walk-forward windows are for Strategy classes), ``side`` and ``warmup_bars``."""
+    if isinstance(split, WalkForward):
+        raise ParameterError("walk-forward windows are not supported for notebook sweeps; split at a fraction "
+                             "or a date (--split 0.7), or sweep the notebook's Strategy class with "
+                             "fk.sweep(..., split=WalkForward(...))")
+    if isinstance(split, numbers.Real) and not isinstance(split, bool):
+        if not 0.0 < split < 1.0:  # NaN fails this too
+            raise ParameterError(f"split={split!r}: a fraction must be between 0 and 1 (exclusive), "
+                                 f"e.g. 0.7 for 70% in sample")
+        split = float(split)
+    elif isinstance(split, (str, _dt.date, pd.Timestamp)):
+        split = _as_utc(split).isoformat()   # kept in the registry as JSON
+    else:
+        raise ParameterError(f"a notebook sweep splits at a fraction (0.7) or a date ('2024-01-05'), got {split!r}")
+    if isinstance(warmup_bars, bool) or not isinstance(warmup_bars, numbers.Integral) or warmup_bars < 0:
+        raise ParameterError(f"warmup_bars must be a whole number of at least 0, got {warmup_bars!r}")
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    return {"split": split, "side": side, "warmup_bars": int(warmup_bars)}
+
+
+def claimed_bars(bars: Bars, asked: dict) -> tuple[Bars, Window]:
+    """The bars a split trial runs on (its in-sample side, or its out-of-sample side after its
+    warm-up) and the window they were cut from."""
+    window = split_windows(bars, asked["split"])[0]
+    if asked["side"] == "in_sample":
+        return window.in_sample, window
+    return with_warmup(bars, window, int(asked.get("warmup_bars") or 0)), window
+
+
+def window_record(asked: dict, window: Window) -> dict:
+    """The registry's ``split`` of a trial: what was asked and where the bars were cut."""
+    return {**asked, **{name: getattr(window, name).isoformat()
+                        for name in ("is_start", "is_end", "oos_start", "oos_end")}}
+
+
+def finish_out_of_sample(result, window: Window, asked: dict, store, settings) -> dict:
+    """Replace an out-of-sample trial's figures (registry and ``result.metrics``) by those of its
+    out-of-sample part, and put it on the leaderboard with them. Returns the figures."""
+    from farmkit import leaderboard
+
+    figures = {**oos_curve(result, window.oos_start).metrics(), "warmup_bars": int(asked.get("warmup_bars") or 0)}
+    store.runs.upsert(result.run_id, metrics=figures)
+    result.metrics.clear()
+    result.metrics.update(figures)
+    leaderboard.publish(settings, store.runs.get(result.run_id))   # logged on failure; replaces the first figures
+    return figures

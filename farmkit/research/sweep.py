@@ -1,8 +1,15 @@
-"""Parameter sweeps: one full, FMEL-recorded backtest per grid point, in parallel, deflated at the end.
+"""Parameter sweeps: one full, FMEL-recorded backtest per trial, in parallel, deflated at the end.
+
+Trials are every grid point (the default) or what Optuna's TPE sampler picks from a space
+(``search="tpe"``; see :mod:`farmkit.research.search`). Each trial keeps its daily returns, so the
+sweep prices its own overfitting: ``res.pbo`` is the Probability of Backtest Overfitting of picking
+its best trial (:mod:`farmkit.research.overfit`).
 
 >>> from farmkit.research.sweep import sweep
 >>> res = sweep(SmaCross, bars, {"fast": [5, 10, 20], "slow": [30, 60]}, workers=4)
->>> res.table.sort_values("dsr").tail(); res.best("sharpe"); res.plot("sharpe")
+>>> res.table.sort_values("dsr").tail(); res.best("sharpe"); res.plot("sharpe"); res.pbo
+>>> sweep(SmaCross, bars, {"fast": (3, 30), "slow": (20, 200)}, search="tpe", n_trials=40, seed=1,
+...       constraints=lambda p: p["fast"] < p["slow"])
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
+from typing import NamedTuple
 
 import backtrader as bt
 import pandas as pd
 
-from farmkit.research import trials
+from farmkit import metrics as _metrics
+from farmkit.research import overfit, trials
+from farmkit.research.search import SEARCHES, TpeSearch
 from farmkit.data.bars import Bars, to_bars
 from farmkit.research.backtest import backtest
 from farmkit.kernel import check_params, new_run_id
@@ -42,7 +52,12 @@ class SweepResult:
     With a ``split``, ``table`` holds the in-sample trials (a ``segment`` column says which window;
     DSR is deflated within each window), ``oos`` one row per window with the chosen parameters and
     ``is_*``/``oos_*`` figures side by side, ``oos_equity`` the out-of-sample equity of all windows
-    chained, and ``oos_summary`` its metrics."""
+    chained, and ``oos_summary`` its metrics.
+
+    ``returns`` holds the daily returns of every done trial (one column per ``run_id``), and ``pbo``
+    the Probability of Backtest Overfitting of choosing the best of them (CSCV with up to 16
+    blocks; None with fewer than two done trials or 8 days). With a split it is that of the
+    in-sample trials; with walk-forward windows each window's is ``oos.is_pbo``."""
 
     sweep_id: str
     strategy: str
@@ -53,6 +68,8 @@ class SweepResult:
     oos: pd.DataFrame | None = None
     oos_equity: pd.Series | None = field(default=None, repr=False)
     oos_summary: dict | None = None
+    returns: pd.DataFrame | None = field(default=None, repr=False)
+    pbo: overfit.PBOResult | None = None
 
     def best(self, metric: str = "sharpe") -> pd.Series:
         """The done trial with the highest ``metric``, e.g. ``res.best("dsr").run_id``."""
@@ -70,6 +87,7 @@ class SweepResult:
         for name in SIDE_BY_SIDE:
             columns[(name, "in-sample")] = frame[f"is_{name}"]
             columns[(name, "out-of-sample")] = frame[f"oos_{name}"]
+        columns[("pbo", "in-sample")] = frame["is_pbo"] if "is_pbo" in frame else math.nan
         columns[("period", "out-of-sample")] = (frame["oos_start"].dt.strftime("%Y-%m-%d %H:%M") + " → "
                                                 + frame["oos_end"].dt.strftime("%Y-%m-%d %H:%M"))
         return pd.DataFrame(columns)
@@ -100,7 +118,22 @@ class SweepResult:
     def _repr_html_(self) -> str:
         state = " (interrupted)" if self.interrupted else ""
         oos = "" if self.oos is None else "<p>Out of sample</p>" + self.summary().to_html() + "<p>In sample</p>"
-        return f"<b>{self.strategy}</b> sweep <code>{self.sweep_id}</code>{state}" + oos + self.table.to_html()
+        return (f"<b>{self.strategy}</b> sweep <code>{self.sweep_id}</code>{state}<p>{self.overfitting()}</p>"
+                + oos + self.table.to_html())
+
+    def overfitting(self) -> str:
+        """One line on what the search cost: trials, the best DSR, and the PBO.
+
+        >>> res.overfitting()
+        '12 trials; best DSR 0.412; PBO 0.63 (CSCV, 16 blocks): the in-sample best ranks ...'
+        """
+        done = self.table[self.table["status"] == "done"] if "status" in self.table else self.table
+        dsr = pd.to_numeric(done.get("dsr", pd.Series(dtype="float64")), errors="coerce").max()
+        text = f"{len(done)} trials; best DSR {dsr:.3f}" if pd.notna(dsr) else f"{len(done)} trials"
+        if self.pbo is None:
+            return text + "; PBO not measured (fewer than 2 done trials or 8 days)"
+        return (text + f"; PBO {self.pbo.pbo:.2f} (CSCV, {self.pbo.n_splits} blocks): the in-sample best ranks "
+                f"in the bottom half out of sample in {self.pbo.pbo:.0%} of the splits")
 
 
 
@@ -150,20 +183,31 @@ def _init_worker(job: dict, in_pool: bool) -> None:
     _JOB.update(job)
 
 
-def _run_trial(params: dict) -> tuple[dict, str | None, dict, str | None]:
-    """One trial; returns only plain values so that memory does not grow with the sweep."""
+class Outcome(NamedTuple):
+    """What one trial leaves for the sweep: plain values and its daily returns, not the result,
+    so that memory does not grow with the sweep."""
+
+    params: dict
+    run_id: str | None
+    metrics: dict
+    error: str | None
+    returns: pd.Series | None = None
+
+
+def _run_trial(params: dict) -> Outcome:
     job = _JOB
-    run_id, metrics, error = None, {}, None
+    run_id, metrics, error, returns = None, {}, None, None
     try:
         res = backtest(job["strategy"], job["bars"], cash=job["cash"], commission=job["commission"],
                        settings=job["settings"], store=job["store"], progress="off", **job["fixed"], **params)
         run_id, metrics = res.run_id, {**res.metrics, **trials.daily_stats(res.equity)}
-    except Exception as exc:  # recorded in the table: one bad grid point must not end the sweep
+        returns = _metrics.daily_returns(res.equity)
+    except Exception as exc:  # recorded in the table: one bad trial must not end the sweep
         run_id = getattr(exc, "run_id", None)
         error = f"{type(exc).__name__}: {exc}"
     if run_id is not None:
         job["store"].runs.upsert(run_id, sweep_id=job["sweep_id"], segment=job["segment"])
-    return params, run_id, metrics, error
+    return Outcome(params, run_id, metrics, error, returns)
 
 
 def _pool(workers: int, job: dict) -> ProcessPoolExecutor:
@@ -174,7 +218,8 @@ def _pool(workers: int, job: dict) -> ProcessPoolExecutor:
                                initargs=(job, True))
 
 
-def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash: float = 100_000.0,
+def sweep(strategy: type, data, grid: dict | None = None, *, search: str = "grid", n_trials: int | None = None,
+          seed: int | None = None, constraints=None, workers: int = 1, cash: float = 100_000.0,
           commission: float = 0.0, settings: Settings | None = None, progress: bool | None = None,
           sweep_id: str | None = None, split=None, warmup_bars: int = 0, select: str = "sharpe",
           **fixed) -> SweepResult:
@@ -182,98 +227,188 @@ def sweep(strategy: type, data, grid: dict[str, list], *, workers: int = 1, cash
     ``fk.backtest`` registered under one ``sweep_id``. Extra keyword arguments are parameters that
     stay fixed. Failing trials are recorded in the table; Ctrl-C returns the finished trials.
 
-    With ``split`` (a fraction such as 0.7, a date, or ``WalkForward(windows=4)``) the grid runs on
+    ``search="tpe"`` searches instead: ``grid`` is then a space (lists are choices, ``(lo, hi)``
+    tuples or ``Int``/``Float`` from :mod:`farmkit.research.search` ranges) and Optuna's TPE sampler
+    picks ``n_trials`` distinct points, maximizing ``select``, asked ``workers`` at a time; ``seed``
+    makes it reproducible. ``constraints`` (a function of the parameters, or a list of them,
+    returning True for a point to run) keep infeasible points from ever running: they are not
+    trials, and neither is a point asked twice. Every trial run is registered and counted in the
+    deflated Sharpe ratios, as in a grid.
+
+    With ``split`` (a fraction such as 0.7, a date, or ``WalkForward(windows=4)``) the trials run on
     the in-sample bars only, the trial with the highest ``select`` metric is run out of sample
     (with ``warmup_bars`` bars before the out-of-sample start to warm its indicators up, left out
     of its figures), and ``res.oos`` puts both sides next to each other; see :mod:`farmkit.research.split`.
+    Only the out-of-sample runs go on the leaderboard, with their out-of-sample figures.
 
     >>> res = sweep(SmaCross, bars, {"fast": [5, 10], "slow": [30, 60]}, workers=2, commission=0.0005)
-    >>> res.best("sharpe")
+    >>> res.best("sharpe"), res.pbo
     >>> sweep(SmaCross, bars, {"fast": [5, 10]}, split=0.7, warmup_bars=60).summary()
+    >>> sweep(SmaCross, bars, {"fast": (3, 30), "slow": (20, 200)}, search="tpe", n_trials=40, seed=7,
+    ...       constraints=lambda p: p["fast"] < p["slow"])
     >>> sweep("notebooks/strategies/sma_crossover.ipynb", None, {"fast": [5, 10]}, workers=2)
 
-    A notebook path runs the notebook once per grid point (it makes its own data from its
-    parameters, so ``data`` must be None).
+    A notebook path runs the notebook once per trial (it makes its own data from its parameters,
+    so ``data`` must be None).
     """
+    if search not in SEARCHES:
+        raise ParameterError(f"search={search!r} is not a search; choose one of {', '.join(SEARCHES)}")
+    if search == "grid" and (n_trials is not None or seed is not None or constraints is not None):
+        raise ParameterError("n_trials, seed and constraints go with search='tpe'; a grid runs every point")
     if isinstance(strategy, (str, Path)):
-        return _notebook_sweep(Path(strategy), data, grid, workers=workers, settings=settings,
-                               progress=progress, extra=dict(fixed, split=split, warmup_bars=warmup_bars))
+        if data is not None:
+            raise ParameterError("a notebook makes its own data from its parameters: pass data=None "
+                                 "and put data choices (symbols, days, ...) in the grid")
+        return notebook_sweep(strategy, grid, fixed=fixed, workers=workers, settings=settings, progress=progress,
+                              search=search, n_trials=n_trials, seed=seed, constraints=constraints, select=select,
+                              split=split, warmup_bars=warmup_bars)
     if not (isinstance(strategy, type) and issubclass(strategy, bt.Strategy)):
         raise TypeError(f"strategy must be a backtrader Strategy class or a notebook path, got {strategy!r}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    points = grid_points(strategy, grid, fixed)
+    trial_plan = _trial_plan(strategy, grid, fixed, search, n_trials, seed, constraints)
     bars = to_bars(data)
     # Every split and warm-up mistake is found here, before the first run.
     windows = split_windows(bars, split) if split is not None else None
     if windows is not None:
         with_warmup(bars, windows[0], warmup_bars)
-        check_select(select)
     elif warmup_bars:
         raise ParameterError("warmup_bars warms up out-of-sample runs; it needs split= (e.g. split=0.7)")
+    check_select(select)
     settings = settings or Settings.from_env()
     # FARM_RUN_ID names one notebook run; trials in several processes must not race to claim it.
     trial_settings = settings.replace(run_id=None)
+    if windows is not None:
+        # In-sample figures are the choice, not the result: only out-of-sample runs go on a board.
+        trial_settings = trial_settings.replace(redis="off")
     sweep_id = sweep_id or new_run_id("sweep")
     store = open_store(settings.store)
     job = dict(strategy=strategy, bars=bars, cash=float(cash), commission=float(commission),
-               settings=trial_settings, store=store, fixed=fixed, sweep_id=sweep_id, segment=None)
+               settings=trial_settings, store=store, fixed=fixed, sweep_id=sweep_id, segment=None, select=select)
     show = progress if progress is not None else settings.progress != "off"
-    bar = _progress_bar((len(points) + 1) * len(windows) if windows else len(points), strategy.__name__, show)
+    per_window = trial_plan.total
+    bar = _progress_bar((per_window + 1) * len(windows) if windows else per_window, strategy.__name__, show)
     result = SweepResult(sweep_id=sweep_id, strategy=strategy.__name__, params=list(grid), table=None,
                          store=store)
+    returns: list[pd.Series] = []
     try:
         if windows is None:
-            result.table, result.interrupted = _run_grid(points, job, workers, bar)
+            result.table, result.interrupted, returns = _run_trials(trial_plan, job, workers, bar)
+            result.pbo = _pbo(returns)
         else:
-            def run_grid(in_sample: Bars, segment: str) -> tuple[pd.DataFrame, bool]:
-                return _run_grid(points, {**job, "bars": in_sample, "segment": segment}, workers, bar)
+            pbos = {}
 
-            run_oos = partial(run_out_of_sample, strategy, bars, warmup_bars=warmup_bars, sweep_id=sweep_id,
+            def run_grid(in_sample: Bars, segment: str) -> tuple[pd.DataFrame, bool]:
+                table, interrupted, window_returns = _run_trials(
+                    trial_plan, {**job, "bars": in_sample, "segment": segment}, workers, bar)
+                returns.extend(window_returns)
+                pbos[segment] = _pbo(window_returns)
+                return table, interrupted
+
+            run_oos = partial(run_out_of_sample, strategy, bars, backtest=backtest, warmup_bars=warmup_bars,
+                              sweep_id=sweep_id,
                               store=store, cash=float(cash), commission=float(commission),
-                              settings=trial_settings, **fixed)
+                              settings=trial_settings, board=settings.replace(run_id=None), **fixed)
             done = run_split(windows, list(grid), run_grid=run_grid, run_oos=run_oos, select=select,
                              walk=isinstance(split, WalkForward), tick=bar.update if bar is not None else None)
             result.table, result.oos, result.interrupted = done.table, done.oos, done.interrupted
+            if len(result.oos):
+                prefix = "wf{}/" if isinstance(split, WalkForward) else ""
+                result.oos["is_pbo"] = [getattr(pbos.get(prefix.format(w) + "in_sample"), "pbo", math.nan)
+                                        for w in result.oos["window"]]
+            if not isinstance(split, WalkForward):
+                result.pbo = pbos.get("in_sample")
             if done.curve is not None:
                 result.oos_equity = done.curve.equity
                 result.oos_summary = {**done.curve.metrics(), "windows": done.windows}
     finally:
         if bar is not None:
             bar.close()
+    result.returns = pd.concat(returns, axis=1) if returns else pd.DataFrame()
     return result
 
 
-def _run_grid(points: list[dict], job: dict, workers: int, bar) -> tuple[pd.DataFrame, bool]:
-    """Every grid point on ``job["bars"]``: the table of trials, and whether Ctrl-C stopped it."""
-    rows: dict[int, tuple] = {}
+@dataclass(frozen=True)
+class _TrialPlan:
+    """The grid's points, or how to start a fresh TPE search (one per split window)."""
 
-    def collect(i: int, outcome: tuple) -> None:
-        rows[i] = outcome
+    points: list[dict] | None
+    search: dict | None
+    total: int
+
+    def start(self) -> TpeSearch | None:
+        return TpeSearch(**self.search) if self.search is not None else None
+
+
+def _trial_plan(strategy: type, grid, fixed: dict, search: str, n_trials, seed, constraints) -> _TrialPlan:
+    if search == "grid":
+        points = grid_points(strategy, grid or {}, fixed)
+        return _TrialPlan(points, None, len(points))
+    if n_trials is None:
+        raise ParameterError("search='tpe' needs n_trials=, e.g. n_trials=40")
+    both = sorted(set(grid or {}) & set(fixed))
+    if both:
+        raise ParameterError(f"{', '.join(both)} given both in the space and as a fixed parameter")
+    options = dict(space=grid or {}, n_trials=n_trials, seed=seed, constraints=constraints,
+                   check=lambda point: check_params(strategy, {**fixed, **point}))
+    TpeSearch(**options)   # every mistake in the space is found before the first run
+    return _TrialPlan(None, options, int(n_trials))
+
+
+def _run_trials(plan: _TrialPlan, job: dict, workers: int, bar) -> tuple[pd.DataFrame, bool, list[pd.Series]]:
+    """Every trial of the plan on ``job["bars"]``: the table of trials, whether Ctrl-C stopped it, and
+    the daily returns of the done trials (one series per trial, named by its run id)."""
+    outcomes: dict[int, Outcome] = {}
+    search = plan.start()
+    points = plan.points if search is None else []
+
+    def collect(i: int, outcome: Outcome) -> None:
+        outcomes[i] = outcome
         _advance(bar, outcome)
 
     interrupted = False
+    pool = None
     try:
         if workers == 1:
             _init_worker(job, in_pool=False)
-            for i, point in enumerate(points):
-                collect(i, _run_trial(point))
         else:
-            _run_pool(points, min(workers, len(points)), job, collect)
+            pool = _pool(min(workers, plan.total), job)
+        if search is None:
+            _run_batch(points, 0, pool, collect)
+        else:
+            # Asked a batch of `workers` at a time and told back in order: the same seed and
+            # workers give the same trials, however the pool's timing falls.
+            while not search.finished:
+                batch = search.ask(workers)
+                _run_batch(batch, len(points), pool, collect)
+                for i, point in enumerate(batch, start=len(points)):
+                    outcome = outcomes[i]
+                    search.tell(point, outcome.metrics.get(job["select"]) if outcome.error is None else None)
+                points += batch
     except KeyboardInterrupt:
         interrupted = True
-    return _table([rows[i] for i in sorted(rows)], list(points[0])), interrupted
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    names = list(points[0]) if points else list((plan.search or {}).get("space") or {})
+    done = [outcomes[i] for i in sorted(outcomes)]
+    returns = [o.returns.rename(o.run_id) for o in done if o.error is None and o.returns is not None]
+    return _table(done, names), interrupted, returns
 
 
-def _run_pool(points: list[dict], workers: int, job: dict, collect) -> None:
-    pool = _pool(workers, job)
-    futures = {pool.submit(_run_trial, point): i for i, point in enumerate(points)}
+def _run_batch(points: list[dict], first: int, pool, collect) -> None:
+    """Run ``points`` (numbered from ``first``) in this process, or in the pool."""
+    if pool is None:
+        for i, point in enumerate(points, start=first):
+            collect(i, _run_trial(point))
+        return
+    futures = {pool.submit(_run_trial, point): i for i, point in enumerate(points, start=first)}
     collected = set()
     try:
         for future in as_completed(futures):
             collect(futures[future], future.result())
             collected.add(future)
-    finally:
+    except BaseException:
         # On Ctrl-C queued trials are dropped and running ones finish, so that no run is left
         # half-written in the registry; those that finished meanwhile are kept too.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -281,6 +416,16 @@ def _run_pool(points: list[dict], workers: int, job: dict, collect) -> None:
             if future not in collected and future.done() and not future.cancelled() \
                     and future.exception() is None:
                 collect(i, future.result())
+        raise
+
+
+def _pbo(returns: list[pd.Series]) -> overfit.PBOResult | None:
+    """PBO of choosing the best of these trials, when there are enough trials and days to say."""
+    if len(returns) < 2:
+        return None
+    frame = pd.concat(returns, axis=1)
+    n_splits = overfit.splits_for(len(frame))
+    return overfit.pbo(frame, n_splits=n_splits) if n_splits else None
 
 
 def _progress_bar(total: int, label: str, show: bool):
@@ -293,16 +438,16 @@ def _progress_bar(total: int, label: str, show: bool):
 def _advance(bar, outcome) -> None:
     if bar is None:
         return
-    sharpe = outcome[2].get("sharpe", math.nan)
+    sharpe = outcome.metrics.get("sharpe", math.nan)
     if not math.isnan(sharpe) and sharpe > getattr(bar, "best_sharpe", -math.inf):
         bar.best_sharpe = sharpe
         bar.set_postfix(best_sharpe=f"{sharpe:.2f}", refresh=False)
     bar.update(1)
 
 
-def _table(outcomes: list[tuple], names: list[str]) -> pd.DataFrame:
-    records = [{**{n: params[n] for n in names}, "run_id": run_id, "status": "failed" if error else "done",
-                "error": error, **metrics} for params, run_id, metrics, error in outcomes]
+def _table(outcomes: list[Outcome], names: list[str]) -> pd.DataFrame:
+    records = [{**{n: o.params[n] for n in names}, "run_id": o.run_id, "status": "failed" if o.error else "done",
+                "error": o.error, **o.metrics} for o in outcomes]
     table = pd.DataFrame.from_records(records, columns=None if records else names + ["run_id", "status", "error"])
     for column in _HONEST[:4]:
         if column not in table.columns:
@@ -317,17 +462,29 @@ def _table(outcomes: list[tuple], names: list[str]) -> pd.DataFrame:
     return pd.concat([table, extra.astype("float64")], axis=1)
 
 
-def _notebook_sweep(path: Path, data, grid, *, workers, settings, progress, extra) -> SweepResult:
+def notebook_sweep(path: str | Path, grid: dict, *, fixed: dict | None = None, workers: int = 1,
+                   settings: Settings | None = None, progress: bool | None = None, search: str = "grid",
+                   n_trials: int | None = None, seed: int | None = None, constraints=None,
+                   select: str = "sharpe", split=None, warmup_bars: int = 0) -> SweepResult:
+    """:func:`sweep` of a notebook: one run of the notebook per trial, with ``fixed`` notebook
+    parameters in every one (see :func:`farmkit.research.notebooks.run_sweep`). A ``split`` (a
+    fraction or a date) cuts the bars of the notebook's first ``fk.backtest`` in each trial.
+
+    >>> notebook_sweep("notebooks/strategies/sma_crossover.ipynb", {"fast": "3..30", "slow": [50, 100]},
+    ...                fixed={"days": 10}, search="tpe", n_trials=20, seed=1)
+    """
     from farmkit.research import notebooks
 
-    if data is not None:
-        raise ParameterError("a notebook makes its own data from its parameters: pass data=None "
-                             "and put data choices (symbols, days, ...) in the grid")
-    unsupported = sorted(k for k, v in extra.items() if v not in (None, 0))
-    if unsupported:
-        raise ParameterError(f"{', '.join(unsupported)} not supported for notebook sweeps; put fixed "
-                             "values in the notebook's parameters cell, or sweep a Strategy class")
+    path = Path(path)
+    if search not in SEARCHES:
+        raise ParameterError(f"search={search!r} is not a search; choose one of {', '.join(SEARCHES)}")
     settings = settings or Settings.from_env()
-    sweep_id, table = notebooks.sweep(path, grid, workers=workers, settings=settings, progress=progress is not False)
-    return SweepResult(sweep_id=sweep_id, strategy=path.stem, params=list(grid), table=table,
-                       interrupted=bool(table.attrs.get("interrupted")), store=open_store(settings.store))
+    done = notebooks.run_sweep(path, grid or {}, workers=workers, settings=settings, progress=progress is not False,
+                               fixed=fixed, search=search, n_trials=n_trials, seed=seed, constraints=constraints,
+                               select=select, split=split, warmup_bars=warmup_bars)
+    pbo = _pbo(done.returns)
+    if done.oos is not None:
+        done.oos["is_pbo"] = pbo.pbo if pbo is not None else math.nan
+    return SweepResult(sweep_id=done.sweep_id, strategy=path.stem, params=list(grid or {}), table=done.table,
+                       interrupted=done.interrupted, store=open_store(settings.store), oos=done.oos,
+                       returns=pd.concat(done.returns, axis=1) if done.returns else pd.DataFrame(), pbo=pbo)

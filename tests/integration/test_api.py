@@ -13,6 +13,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 import farmkit as fk
+from farmkit.fmel.stores import open_store
 from farmkit.live import checkpoint
 from farmkit.ops.agents import LocalAgentStore
 from farmkit.api import ApiSettings, create_app
@@ -50,12 +51,14 @@ def world(tmp_path_factory, redis_server, jwks):  # noqa: F811
     settings = fk.Settings.from_env({"FARM_HOME": str(home / "farm"), "FARM_REDIS": redis_server.url,
                                      "FARM_PROGRESS": "off"})
     agents = LocalAgentStore(home / "agents")
-    add_agent(agents, "alice-cross", "alice")
-    add_agent(agents, "bob-cross", "bob")
+    alice, bob = add_agent(agents, "alice-cross", "alice"), add_agent(agents, "bob-cross", "bob")
     bars = fk.data.synthetic(["AAPL"], start="2024-01-02", days=1, freq="1min", seed=3)
-    runs = {"a1": fk.backtest(TrackedCross, bars, agent_id="alice-cross", settings=settings, fast=5).run_id,
-            "a2": fk.backtest(TrackedCross, bars, agent_id="alice-cross", settings=settings, fast=8).run_id,
-            "b1": fk.backtest(TrackedCross, bars, agent_id="bob-cross", settings=settings).run_id}
+    # As the runner registers an agent's runs: with its owner and the agent's id (FARM_OWNER, FARM_AGENT_UID).
+    mine, theirs = (settings.replace(owner=a.owner, agent_uid=a.uid) for a in (alice, bob))
+    runs = {"a1": fk.backtest(TrackedCross, bars, agent_id="alice-cross", settings=mine, fast=5).run_id,
+            "a2": fk.backtest(TrackedCross, bars, agent_id="alice-cross", settings=mine, fast=8).run_id,
+            "b1": fk.backtest(TrackedCross, bars, agent_id="bob-cross", settings=theirs).run_id,
+            "anon": fk.backtest(TrackedCross, bars, agent_id="alice-cross", settings=settings).run_id}
     api = ApiSettings(auth="firebase", project=PROJECT, certs_url=jwks.url, agents=str(agents.root),
                       rate=1000, burst=1000)
     app = create_app(settings, api)
@@ -129,6 +132,32 @@ def test_users_see_only_their_own_runs(world, jwks):
     assert_error(client.get(f"/api/fmel/runs/{runs['a1']}/bars/3", headers=headers(jwks, "bob")), 403)
 
 
+def test_a_run_stays_its_owners_when_another_user_takes_the_agents_name(world, jwks):
+    client, agents, settings = world["client"], world["agents"], world["settings"]
+    first = add_agent(agents, "alpha", "alice")
+    bars = fk.data.synthetic(["AAPL"], start="2024-01-02", days=1, freq="1min", seed=5)
+    run_id = fk.backtest(TrackedCross, bars, agent_id="alpha",
+                         settings=settings.replace(owner="alice", agent_uid=first.uid)).run_id
+    assert client.delete("/api/agents/alpha", headers=headers(jwks)).status_code == 204
+    second = add_agent(agents, "alpha", "bob")
+    assert second.uid and first.uid and second.uid != first.uid
+    assert add_agent(agents, "alpha", "bob").uid == second.uid        # its owner replacing it: the same agent
+    assert_error(client.get(f"/api/fmel/runs/{run_id}", headers=headers(jwks, "bob")), 403)
+    assert_error(client.get(f"/api/fmel/runs/{run_id}/bars/3", headers=headers(jwks, "bob")), 403)
+    assert run_id not in {r["run_id"] for r in client.get("/api/fmel/runs", headers=headers(jwks, "bob")).json()["items"]}
+    assert client.get(f"/api/fmel/runs/{run_id}", headers=headers(jwks)).status_code == 200
+    assert run_id in {r["run_id"] for r in client.get("/api/fmel/runs", headers=headers(jwks)).json()["items"]}
+    row = open_store(settings.store).runs.get(run_id)
+    assert (row["owner"], row["agent_uid"]) == ("alice", first.uid)
+    agents.delete("alpha")
+
+
+def test_a_run_registered_without_an_owner_is_no_users(world, jwks):
+    # It names alice's agent, but nothing says it is hers: only the operators (local token) see it.
+    anon = world["runs"]["anon"]
+    assert_error(world["client"].get(f"/api/fmel/runs/{anon}", headers=headers(jwks)), 403)
+
+
 def test_requests_go_on_while_the_signing_keys_are_fetched(world):
     import threading
     from farmkit.api.auth import FirebaseAuth, SigningKeys
@@ -164,7 +193,16 @@ def test_local_token_user_sees_everything(world):
 # --- routes ------------------------------------------------------------------------------------------
 
 def test_leaderboards_are_readable_by_every_user(world, jwks):
+    from farmkit import leaderboard
+    from farmkit.fmel.stores import open_store
     client = world["client"]
+    # The world's backtests cover one day, too short for boards to rank them; two of them are given
+    # a year's track record (as a backtest on a year of bars would have) so that there is a board.
+    store, redis_client = open_store(world["settings"].store), leaderboard.connect(world["settings"])
+    for run_id in (world["runs"]["a1"], world["runs"]["b1"]):
+        row = store.runs.get(run_id)
+        leaderboard.record_run(redis_client, {**row, "metrics": {**row["metrics"], "days": 252, "dsr": 0.5,
+                                                                 "min_track_record_days": 30.0}})
     for uid in ("alice", "bob", "carol"):
         top = client.get("/api/leaderboard/backtest/top", params={"metric": "total_return", "limit": 10},
                          headers=headers(jwks, uid)).json()
@@ -246,10 +284,15 @@ def test_creating_an_agent_runs_the_promote_checks(world, jwks, tmp_path):
     nb.cells = [params, nbformat.v4.new_code_cell(TINY_STRATEGY.replace("REASON", "'five bars in'"))]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     body = {"name": "alice-tiny", "notebook": json.loads(nbformat.writes(nb))}
+    # A day of random bars is luck: refused by the overfitting gate unless overridden.
+    assert_error(client.post("/api/agents", json=body, headers=headers(jwks)), 422, "promotion_failed",
+                 "farm promote --allow-overfit")
+    body["allow_overfit"] = True
     created = client.post("/api/agents", json=body, headers=headers(jwks))
     assert created.status_code == 201, created.text
     agent = created.json()
     assert (agent["owner"], agent["strategy"], agent["manifest"]["verification"]["bars"]) == ("alice", "Tiny", 390)
+    assert agent["manifest"]["overfitting"]["overridden"] is True
     assert (world["agents"].root / "alice-tiny" / "agent.ipynb").exists()
     assert_error(client.post("/api/agents", json=body, headers=headers(jwks)), 409, "exists", "force=true")
     assert_error(client.post("/api/agents", json={**body, "force": True}, headers=headers(jwks, "bob")), 403)

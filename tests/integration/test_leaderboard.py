@@ -24,7 +24,9 @@ from tests.unit.test_engine import TrackedCross
 
 
 def run(run_id, agent, mode="backtest", status="done", **metrics):
-    """A run-registry row as the engine leaves it."""
+    """A run-registry row as the engine leaves it; unless the metrics say otherwise, with a track
+    record long enough to rank (a year of daily returns, a deflated Sharpe, a short minimum record)."""
+    metrics = {"days": 252, "dsr": 0.5, "min_track_record_days": 30.0, **metrics}
     return {"run_id": run_id, "agent_id": agent, "strategy": "Cross", "mode": mode, "status": status,
             "params": {"fast": 5}, "metrics": metrics,
             "finished_at": pd.Timestamp("2025-01-02 10:00", tz="UTC") if status == "done" else None}
@@ -78,20 +80,24 @@ def test_an_agent_keeps_its_best_run_per_metric(client):
 
 
 def test_nan_none_and_infinite_metrics_are_not_ranked(client):
-    leaderboard.record_run(client, run("r1", "flat", sharpe=float("nan"), dsr=None, total_return=0.0,
+    leaderboard.record_run(client, run("r1", "calm", sharpe=float("nan"), total_return=0.0,
                                        max_drawdown=float("-inf")))
-    leaderboard.record_run(client, run("r2", "ok", sharpe=0.1))
-    assert list(leaderboard.top("sharpe", client=client).agent) == ["ok"]
-    assert leaderboard.top("dsr", client=client).empty
-    assert list(leaderboard.top("total_return", client=client).agent) == ["flat"]
-    assert "flat" not in set(leaderboard.top("max_drawdown", client=client).agent)
-    assert leaderboard.rank("flat", client=client) is None
+    leaderboard.record_run(client, run("r2", "ok", sharpe=0.1, dsr=None))
+    assert list(leaderboard.top("sharpe", client=client).agent) == []
+    assert list(leaderboard.top("dsr", client=client).agent) == ["calm"]
+    assert list(leaderboard.top("total_return", client=client).agent) == ["calm"]
+    assert "calm" not in set(leaderboard.top("max_drawdown", client=client).agent)
+    assert leaderboard.rank("calm", "sharpe", client=client) is None
+    # No deflated Sharpe (here: flat equity) means not ranked on any metric: once, a run without one
+    # still ranked by its other metrics; now it is listed as too short instead.
+    assert leaderboard.rank("ok", "total_return", client=client) is None
+    assert list(leaderboard.too_short(client=client).agent) == ["ok"]
 
 
 def test_rank_is_one_based_and_per_board(client):
     for i, agent in enumerate(["c", "a", "b"]):
-        leaderboard.record_run(client, run(f"r{i}", agent, sharpe=float(i)))
-    assert [leaderboard.rank(a, client=client) for a in ("b", "a", "c")] == [1, 2, 3]
+        leaderboard.record_run(client, run(f"r{i}", agent, dsr=i / 3))
+    assert [leaderboard.rank(a, client=client) for a in ("b", "a", "c")] == [1, 2, 3]   # by DSR, the default
     assert leaderboard.rank("nobody", client=client) is None
     assert leaderboard.rank("b", board="paper", client=client) is None
     assert leaderboard.boards(client=client) == ["backtest"]
@@ -196,7 +202,7 @@ def test_errors_name_what_is_known(client):
                                             fk.Settings.from_env({"FARM_REDIS": "redis://user:secret@127.0.0.1:1/0"})
                                             ).value)
     assert leaderboard.cli_table(leaderboard.top(board="paper", client=client)).startswith(
-        "no runs on the paper leaderboard by sharpe yet")
+        "no runs on the paper leaderboard by dsr yet")   # the default metric is the deflated Sharpe
 
 
 @pytest.fixture
@@ -215,7 +221,8 @@ _CHILD = textwrap.dedent("""
     client = leaderboard.connect()
     for j in range(20):
         leaderboard.record_run(client, {"run_id": f"c{i}-{j}", "agent_id": f"a{j % 3}", "mode": "backtest",
-                                        "metrics": {"sharpe": (i * 37 + j * 11) % 50 / 10}})
+                                        "metrics": {"sharpe": (i * 37 + j * 11) % 50 / 10, "dsr": 0.5,
+                                                    "days": 252, "min_track_record_days": 30.0}})
     print(client.info("server")["process_id"], flush=True)
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.01)
@@ -261,7 +268,7 @@ def test_embedded_redis_needs_no_server_and_is_shared_by_processes(embedded_home
             for j in range(20):
                 agent = f"a{j % 3}"
                 best[agent] = max(best.get(agent, -1), (i * 37 + j * 11) % 50 / 10)
-        frame = leaderboard.top(settings=embedded_home)
+        frame = leaderboard.top("sharpe", settings=embedded_home)
         assert dict(zip(frame.agent, frame.score)) == best
         assert leaderboard.connect(embedded_home) is client  # one client per process and file
     finally:
@@ -278,12 +285,14 @@ def test_a_holder_killed_with_sigkill_does_not_keep_the_embedded_redis_running(e
     finally:
         killed.kill()   # no exit hooks run: it never lets go of the server
         killed.wait(timeout=30)
-    assert not _server_gone(pid)
-    client = leaderboard.connect(embedded_home)   # the next process reuses the server the killed one left
-    assert int(client.info("server")["process_id"]) == pid
-    assert len(leaderboard.top(n=100, settings=embedded_home)) == 3
+    # Its keeper stops the server once no holder is alive, saving what the killed one wrote.
+    _eventually(lambda: _server_gone(pid), timeout=20)
+    client = leaderboard.connect(embedded_home)
+    new_pid = int(client.info("server")["process_id"])
+    assert new_pid != pid
+    assert len(leaderboard.top("sharpe", n=100, settings=embedded_home)) == 3
     leaderboard.close(embedded_home)
-    _eventually(lambda: _server_gone(pid))   # and, the last live holder, stops it
+    _eventually(lambda: _server_gone(new_pid))   # and the last live holder stops the new one
 
 
 def test_the_last_holder_stops_the_embedded_redis_whatever_connections_the_server_still_lists(embedded_home):
@@ -302,7 +311,9 @@ def test_the_last_holder_stops_the_embedded_redis_whatever_connections_the_serve
 
 
 def _pool_trial(settings, i):
-    leaderboard.record_run(settings, {"run_id": f"w{i}", "agent_id": f"a{i % 3}", "metrics": {"sharpe": float(i)}})
+    leaderboard.record_run(settings, {"run_id": f"w{i}", "agent_id": f"a{i % 3}",
+                                      "metrics": {"sharpe": float(i), "dsr": 0.5, "days": 252,
+                                                  "min_track_record_days": 30.0}})
     return int(leaderboard.connect(settings).info("server")["process_id"])
 
 
@@ -317,7 +328,7 @@ def test_pool_workers_share_the_embedded_redis_and_release_it(embedded_home):
     assert len(pids) == 1
     _eventually(lambda: _server_gone(next(iter(pids))))  # no server left running for nobody
     try:
-        frame = leaderboard.top(settings=embedded_home)
+        frame = leaderboard.top("sharpe", settings=embedded_home)
         assert dict(zip(frame.agent, frame.score)) == {"a0": 9.0, "a1": 10.0, "a2": 11.0}
     finally:
         leaderboard.close(embedded_home)
@@ -328,15 +339,21 @@ def test_every_finished_backtest_lands_on_the_board(settings, monkeypatch, capsy
     from tests.unit.test_engine import TrackedCross
     bars = fk.data.synthetic("AAPL", days=4, seed=2)
     res = fk.backtest(TrackedCross, bars, agent_id="auto-published")
-    top = leaderboard.top("sharpe", 50, "backtest", settings=fk.Settings.from_env())
-    row = top.set_index("agent").loc["auto-published"]
-    assert row.run_id == res.run_id and row.score == pytest.approx(res.metrics["sharpe"])
+    # Four days of returns: ranked if that is as long as its Sharpe needs, else listed as too short.
+    if leaderboard.standing(res.metrics) is None:
+        top = leaderboard.top("sharpe", 50, "backtest", settings=fk.Settings.from_env())
+        row = top.set_index("agent").loc["auto-published"]
+        assert row.run_id == res.run_id and row.score == pytest.approx(res.metrics["sharpe"])
+    else:
+        row = leaderboard.too_short(settings=fk.Settings.from_env()).set_index("agent").loc["auto-published"]
+        assert row.run_id == res.run_id and row.needs == leaderboard.standing(res.metrics)
     from farmkit import cli
     assert cli.main(["leaderboard", "-n", "50"]) == 0
     assert "auto-published" in capsys.readouterr().out
 
 
 def test_a_paper_run_is_on_the_paper_board_while_it_runs(settings):
+    # A run of a few minutes is too short to rank: it is on its board's too-short list, updated as it runs.
     from farmkit.bus import open_bus, publish_record
     from farmkit.live.session import paper
     from tests.integration.test_paper import bars_of
@@ -353,7 +370,8 @@ def test_a_paper_run_is_on_the_paper_board_while_it_runs(settings):
                 if i == 70:    # halfway: wait until the board shows the run as it is now
                     deadline = time.monotonic() + 20
                     while time.monotonic() < deadline and not seen_running:
-                        row = leaderboard.top("total_return", board="paper", settings=settings)
+                        # Under a day old, it is listed as too short to rank (no deflated Sharpe yet).
+                        row = leaderboard.too_short(board="paper", settings=settings)
                         if len(row) and row.iloc[0].run_id == session.run_id:
                             seen_running.append(leaderboard.connect(settings).hgetall(f"farm:run:{session.run_id}"))
                         time.sleep(0.05)
@@ -366,8 +384,10 @@ def test_a_paper_run_is_on_the_paper_board_while_it_runs(settings):
     running = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
                for k, v in seen_running[0].items()}
     assert running["status"] == "running" and json.loads(running["metrics"])["bars"] < 200
-    final = leaderboard.top("total_return", board="paper", settings=settings).iloc[0]
-    assert final.run_id == res.run_id and final.score == pytest.approx(res.metrics["total_return"])
+    assert leaderboard.top(board="paper", settings=settings).empty
+    final = leaderboard.too_short(board="paper", settings=settings).iloc[0]
+    assert final.run_id == res.run_id and final.status == "done" and final.days == res.metrics["days"]
+    assert final.needs == leaderboard.standing(res.metrics)
 
 
 def test_top_reads_rows_kept_with_the_ranking_and_falls_back_to_run_hashes(client):
@@ -406,3 +426,134 @@ def test_a_look_ahead_checks_own_runs_never_reach_a_board_or_a_family(settings):
     from farmkit.research import trials
     assert trials.family(store, "Peeking", checks.code_hash.iloc[0]).empty
     assert leaderboard.rebuild(settings, store=store) == 0       # nor does a rebuild put them back
+
+
+# --- honest boards: deflated Sharpe first, enough track record, no leaky versions -----------------------
+
+def test_boards_rank_by_deflated_sharpe_by_default(settings, client, monkeypatch, capsys, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from farmkit import cli
+    from farmkit.api.app import create_app
+    from farmkit.api.settings import ApiSettings
+
+    # The best raw Sharpe of many trials, which its deflated Sharpe says is most likely luck.
+    leaderboard.record_run(client, run("r1", "lucky", sharpe=4.0, dsr=0.20, total_return=0.30, max_drawdown=-0.2))
+    leaderboard.record_run(client, run("r2", "steady", sharpe=1.5, dsr=0.97, total_return=0.10, max_drawdown=-0.1))
+    frame = leaderboard.top(client=client)
+    assert list(frame.agent) == ["steady", "lucky"] and frame.attrs["metric"] == "dsr"
+    assert leaderboard.rank("steady", client=client) == 1
+    assert list(leaderboard.top("sharpe", client=client).agent) == ["lucky", "steady"]   # raw Sharpe on request
+
+    monkeypatch.setenv("FARM_REDIS", settings.redis)
+    assert cli.main(["leaderboard"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "backtest leaderboard by dsr (best run per agent)"
+
+    app = create_app(settings, ApiSettings(auth="local", token="t", agents=str(tmp_path / "agents")), redis=client)
+    with TestClient(app) as api:
+        auth = {"Authorization": "Bearer t"}
+        top = api.get("/api/leaderboard/backtest/top", headers=auth).json()
+        assert [e["agent"] for e in top["items"]] == ["steady", "lucky"]
+        assert api.get("/api/leaderboard/backtest/rank/lucky", headers=auth).json() == {
+            "agent": "lucky", "board": "backtest", "metric": "dsr", "rank": 2}
+
+
+def test_a_two_day_run_with_a_huge_sharpe_is_listed_as_too_short_not_ranked(settings):
+    res = fk.backtest(Peeking, fk.data.synthetic("AAPL", days=2, seed=3), settings=settings, agent_id="peeker")
+    assert res.metrics["sharpe"] > 3 and res.metrics["days"] == 2    # a leak: great, and far too short to trust
+    for metric in leaderboard.METRICS:
+        assert "peeker" not in set(leaderboard.top(metric, n=100, settings=settings).agent), metric
+    assert leaderboard.rank("peeker", "sharpe", settings=settings) is None
+    short = leaderboard.too_short(settings=settings)
+    row = short.set_index("agent").loc["peeker"]
+    assert row.run_id == res.run_id and row.days == 2
+    assert row.needs == "2 daily returns; needs at least 3"
+    table = leaderboard.cli_short_table(short)
+    assert table.splitlines()[0].startswith("too short to rank") and res.run_id in table
+
+    from fastapi.testclient import TestClient
+
+    from farmkit.api.app import create_app
+    from farmkit.api.settings import ApiSettings
+    app = create_app(settings, ApiSettings(auth="local", token="t", agents=str(settings.home / "agents")))
+    with TestClient(app) as api:
+        page = api.get("/api/leaderboard/backtest/too-short", headers={"Authorization": "Bearer t"}).json()
+    assert [(e["run_id"], e["needs"]) for e in page["items"]] == [(res.run_id, "2 daily returns; needs at least 3")]
+
+
+def test_a_run_ranks_once_its_record_is_as_long_as_its_sharpe_needs(client):
+    leaderboard.record_run(client, run("r1", "young", sharpe=3.1, dsr=0.91, days=12, min_track_record_days=30.2))
+    # A losing run has no minimum track record (no length makes a Sharpe <= 0 beat 0): it needs only
+    # the days a deflated Sharpe needs, and ranks, low.
+    leaderboard.record_run(client, run("r2", "loser", sharpe=-1.0, dsr=0.04, total_return=-0.2, days=300,
+                                       min_track_record_days=float("inf")))
+    assert list(leaderboard.top(client=client).agent) == ["loser"]
+    assert list(leaderboard.top("total_return", client=client).agent) == ["loser"]
+    short = leaderboard.too_short(client=client)
+    assert list(short.agent) == ["young"] and short.needs.iloc[0] == "12 days; needs 31 for its Sharpe"
+
+    # A paper run shows under too-short while it is young, and ranks once its record is long enough.
+    leaderboard.record_run(client, run("p1", "live", mode="paper", status="running", sharpe=2.0, dsr=0.8,
+                                       days=5, min_track_record_days=20.0))
+    assert leaderboard.top(board="paper", client=client).empty
+    assert list(leaderboard.too_short(board="paper", client=client).run_id) == ["p1"]
+    leaderboard.record_run(client, run("p1", "live", mode="paper", status="running", sharpe=2.0, dsr=0.97,
+                                       days=25, min_track_record_days=20.0))
+    assert list(leaderboard.top(board="paper", client=client).run_id) == ["p1"]
+    assert leaderboard.too_short(board="paper", client=client).empty
+
+
+def _strategy_version(tmp_path, name, source):
+    """A strategy class named ``Cross`` from a file of its own (as a notebook cell keeps its own source)."""
+    import importlib.util
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(f"farm_test_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # backtrader looks a strategy's module up by name
+    spec.loader.exec_module(module)
+    return module.Cross
+
+
+_LEAKY = """
+    from tests.integration.test_leaderboard import Peeking
+
+    class Cross(Peeking):
+        '''{doc}'''
+"""
+
+
+def test_a_version_that_failed_its_look_ahead_check_is_withdrawn_and_stays_off(settings, tmp_path):
+    leaky = _strategy_version(tmp_path, "leaky", _LEAKY.format(doc="reads tomorrow's close"))
+    fixed = _strategy_version(tmp_path, "fixed", _LEAKY.format(doc="the same, another version"))
+    bars = fk.data.synthetic("AAPL", days=12, seed=3)
+    bad = fk.backtest(leaky, bars, settings=settings, agent_id="peeker")
+    good = fk.backtest(fixed, bars, settings=settings, agent_id="peeker", slow=25)
+    store = open_store(settings.store)
+    bad_code = store.runs.get(bad.run_id)["code_hash"]
+    assert bad_code != store.runs.get(good.run_id)["code_hash"]
+    assert {leaderboard.top(m, settings=settings).set_index("agent").loc["peeker"].run_id
+            for m in ("dsr", "sharpe")} <= {bad.run_id, good.run_id}
+
+    # The look-ahead check of that version failed: it says so on the notebook's full run.
+    store.runs.upsert(bad.run_id, lookahead="failed")
+    assert leaderboard.withdraw(settings, strategy="Cross", code_hash=bad_code, store=store) == 1
+    client = leaderboard.connect(settings)
+    for metric in leaderboard.METRICS:
+        top = leaderboard.top(metric, n=100, settings=settings)
+        assert bad.run_id not in set(top.run_id), metric
+        if metric in ("dsr", "sharpe", "total_return"):
+            assert top.set_index("agent").loc["peeker"].run_id == good.run_id, metric
+    assert not client.exists(f"farm:run:{bad.run_id}")
+    assert client.hget("farm:agent:peeker", "backtest") != bad.run_id
+
+    assert leaderboard.publish(settings, store.runs.get(bad.run_id), store=store) is False
+    assert leaderboard.rebuild(settings, store=store, clear=True) == 1     # the other version only
+    assert bad.run_id not in set(leaderboard.top("sharpe", n=100, settings=settings).run_id)
+    again = fk.backtest(leaky, bars, settings=settings, agent_id="peeker", fast=4)   # the same code, rerun
+    assert again.run_id not in set(leaderboard.top("sharpe", n=100, settings=settings).run_id)
+    # The same class text in another notebook is another family's version: not withdrawn with it.
+    elsewhere = fk.backtest(leaky, bars, settings=settings, agent_id="elsewhere", fast=6)
+    store.runs.upsert(elsewhere.run_id, family="/research/other.ipynb::Cross")
+    assert leaderboard.publish(settings, store.runs.get(elsewhere.run_id), store=store) is True
+    assert leaderboard.withdraw(settings, strategy="Cross", code_hash=bad_code, store=store) == 0

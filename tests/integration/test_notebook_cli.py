@@ -85,9 +85,13 @@ def test_explain_and_runs_commands(farm_home, capsys, minute_bars):
 
 def test_farm_promote_command(farm_home, tmp_path, capsys):
     agents = tmp_path / "agents"
-    code = cli.main(["promote", str(SMA), "--name", "sma-cross", "--agents-dir", str(agents)])
-    assert code == 0, capsys.readouterr().err
-    assert "verified identical" in capsys.readouterr().out
+    # Twenty days of random bars: the overfitting gate calls the result luck, and says how to override.
+    assert cli.main(["promote", str(SMA), "--name", "sma-cross", "--agents-dir", str(agents)]) == 1
+    assert "refused: DSR" in capsys.readouterr().err and not (agents / "sma-cross").exists()
+    code = cli.main(["promote", str(SMA), "--name", "sma-cross", "--agents-dir", str(agents), "--allow-overfit"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "verified identical" in out and "overfitting gate overridden" in err
     assert (agents / "sma-cross" / "agent.ipynb").exists() and (agents / "sma-cross" / "agent.yaml").exists()
     assert cli.main(["promote", str(SMA), "--name", "sma-cross", "--agents-dir", str(agents)]) == 1
     assert "already exists" in capsys.readouterr().err

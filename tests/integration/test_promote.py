@@ -12,6 +12,7 @@ import yaml
 
 import farmkit as fk
 from farmkit.ops.promote import Agent, PromoteError, load_manifest, promote
+from farmkit.research import notebooks
 
 ROOT = Path(__file__).resolve().parents[2]
 SMA = ROOT / "notebooks" / "strategies" / "sma_crossover.ipynb"
@@ -45,9 +46,13 @@ def _notebook(tmp_path, *cells, params="days = 1", name="nb.ipynb"):
     return path
 
 
+# The tests below pass allow_overfit=True unless they are about the overfitting gate: their tiny
+# notebooks trade a day or so of random bars, which the gate rightly calls luck.
+
+
 def test_promoting_the_sma_notebook_writes_a_verified_agent(farm_home, tmp_path):
     agents = tmp_path / "agents"
-    agent = promote(SMA, "sma-cross", agents_dir=agents)
+    agent = promote(SMA, "sma-cross", agents_dir=agents, allow_overfit=True)
 
     assert isinstance(agent, Agent) and agent.name == "sma-cross" and agent.path == agents / "sma-cross"
     assert sorted(p.name for p in agent.path.iterdir()) == ["agent.ipynb", "agent.yaml", "requirements.lock"]
@@ -92,15 +97,15 @@ def test_promoting_the_sma_notebook_writes_a_verified_agent(farm_home, tmp_path)
 def test_a_taken_name_is_refused_unless_forced(farm_home, tmp_path):
     path = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "'five bars in'"))
     agents = tmp_path / "agents"
-    first = promote(path, "tiny", agents_dir=agents)
+    first = promote(path, "tiny", agents_dir=agents, allow_overfit=True)
     assert first.manifest["strategy"] == "Tiny" and first.manifest["warmup_bars"] == 0
     assert first.manifest["symbols"] == [] and first.manifest["verification"]["bars"] == 390
 
     with pytest.raises(PromoteError, match=r"agent 'tiny' already exists at .*agents/tiny; choose another "
                                            r"name, or pass force=True"):
-        promote(path, "tiny", agents_dir=agents)
+        promote(path, "tiny", agents_dir=agents, allow_overfit=True)
 
-    again = promote(path, "tiny", agents_dir=agents, force=True)
+    again = promote(path, "tiny", agents_dir=agents, allow_overfit=True, force=True)
     assert again.manifest["verification"]["run_ids"] != first.manifest["verification"]["run_ids"]
     assert load_manifest(agents / "tiny") == again.manifest
     assert sorted(p.name for p in agents.iterdir()) == ["tiny"]  # the old copy set aside is gone
@@ -110,7 +115,7 @@ def test_a_taken_name_is_refused_unless_forced(farm_home, tmp_path):
                                               ("a" * 64, "a" * 63), ("", "my-agent")])
 def test_an_invalid_name_is_refused_with_a_suggestion(farm_home, tmp_path, name, suggestion):
     with pytest.raises(PromoteError) as info:
-        promote(SMA, name, agents_dir=tmp_path / "agents")
+        promote(SMA, name, agents_dir=tmp_path / "agents", allow_overfit=True)
     message = str(info.value)
     assert f"agent name {name!r} is not valid: use lowercase letters, digits and dashes" in message
     assert f"e.g. {suggestion!r}" in message
@@ -121,14 +126,14 @@ def test_a_notebook_without_parameters_cell_says_how_to_tag_one(farm_home, tmp_p
     path = _notebook(tmp_path, "x = 1", params=None)
     with pytest.raises(PromoteError, match=r"cannot promote .*nb.ipynb: .* has no cell tagged 'parameters'.*"
                                            r"add the tag 'parameters'"):
-        promote(path, "nb", agents_dir=tmp_path / "agents")
+        promote(path, "nb", agents_dir=tmp_path / "agents", allow_overfit=True)
     assert not (tmp_path / "agents").exists()
 
 
 def test_a_failing_notebook_names_the_cell(farm_home, tmp_path):
     path = _notebook(tmp_path, "y = days + 1", "raise ValueError(f'no data for y={y}')")
     with pytest.raises(PromoteError) as info:
-        promote(path, "broken", agents_dir=tmp_path / "agents")
+        promote(path, "broken", agents_dir=tmp_path / "agents", allow_overfit=True)
     message = str(info.value)
     assert message.startswith("cannot promote: it fails when run with its default parameters; fix the failing cell")
     assert "raised ValueError: no data for y=2" in message and "--- cell source ---" in message
@@ -140,14 +145,14 @@ def test_a_notebook_without_a_strategy_is_refused(farm_home, tmp_path):
     path = _notebook(tmp_path, "class Helper:\n    pass\n\nclass Other(dict):\n    pass", "%time z = 1")
     with pytest.raises(PromoteError, match=r"nb.ipynb: it defines no Strategy subclass; an agent needs one, "
                                            r"e.g. `class MyStrategy\(fk.Strategy\):`"):
-        promote(path, "nostrat", agents_dir=tmp_path / "agents")
+        promote(path, "nostrat", agents_dir=tmp_path / "agents", allow_overfit=True)
     assert not (tmp_path / "agents" / "nostrat").exists()
 
 
 def test_a_strategy_that_is_never_backtested_is_refused(farm_home, tmp_path):
     path = _notebook(tmp_path, "import backtrader as bt\n\nclass Idle(bt.Strategy):\n    pass")
     with pytest.raises(PromoteError, match=r"recorded no FMEL decisions; call fk.backtest\(Idle, \.\.\.\)"):
-        promote(path, "idle", agents_dir=tmp_path / "agents")
+        promote(path, "idle", agents_dir=tmp_path / "agents", allow_overfit=True)
 
 
 def test_a_copy_that_decides_differently_is_removed_and_the_bar_named(farm_home, tmp_path):
@@ -156,18 +161,18 @@ def test_a_copy_that_decides_differently_is_removed_and_the_bar_named(farm_home,
     path = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "os.path.basename(os.getcwd())"))
     agents = tmp_path / "agents"
     with pytest.raises(PromoteError, match=r"the promoted copy decided differently from bar 4 on"):
-        promote(path, "drifty", agents_dir=agents)
+        promote(path, "drifty", agents_dir=agents, allow_overfit=True)
     assert not (agents / "drifty").exists()
 
 
 def test_a_failed_forced_promotion_keeps_the_previous_agent(farm_home, tmp_path):
     agents = tmp_path / "agents"
     good = promote(_notebook(tmp_path, TINY_STRATEGY.replace("REASON", "'steady'"), name="good.ipynb"),
-                   "tiny", agents_dir=agents)
+                   "tiny", agents_dir=agents, allow_overfit=True)
     drifty = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "os.path.basename(os.getcwd())"),
                        name="drifty.ipynb")
     with pytest.raises(PromoteError, match="decided differently"):
-        promote(drifty, "tiny", agents_dir=agents, force=True)
+        promote(drifty, "tiny", agents_dir=agents, allow_overfit=True, force=True)
     assert load_manifest(agents / "tiny") == good.manifest
     assert sorted(p.name for p in agents.iterdir()) == ["tiny"]
 
@@ -196,7 +201,7 @@ def test_the_manifest_records_the_warmup_the_strategy_used_and_what_reproduces_i
     digest = "sha256:" + "ab" * 32
     monkeypatch.setenv("FARM_RUNNER_IMAGE", f"europe-docker.pkg.dev/p/farm/runner@{digest}")
     path = _notebook(tmp_path, WARMUP_STRATEGY, params="days = 1\nn = 50")
-    agent = promote(path, "dip", agents_dir=tmp_path / "agents")
+    agent = promote(path, "dip", agents_dir=tmp_path / "agents", allow_overfit=True)
     manifest = agent.manifest
     assert manifest["warmup_bars"] == 49   # SMA(50): next() first runs on bar 50
 
@@ -219,7 +224,7 @@ def test_promote_check_reverifies_an_agent_against_its_manifest(farm_home, tmp_p
     from farmkit.ops.promote import check
 
     path = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "'five bars in'"))
-    agent = promote(path, "tiny", agents_dir=tmp_path / "agents")
+    agent = promote(path, "tiny", agents_dir=tmp_path / "agents", allow_overfit=True)
     report = check(agent.path)
     assert report.ok, str(report)
     assert {item.name for item in report.items} >= {"notebook", "decisions", "data", "warm-up", "lock", "packages"}
@@ -246,9 +251,51 @@ def test_farm_promote_check_exits_1_and_names_what_changed(farm_home, tmp_path):
     from farmkit.cli import main
 
     path = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "'five bars in'"))
-    agent = promote(path, "tiny", agents_dir=tmp_path / "agents")
+    agent = promote(path, "tiny", agents_dir=tmp_path / "agents", allow_overfit=True)
     assert main(["promote", "--check", str(agent.path)]) == 0
     nb = nbformat.read(agent.path / "agent.ipynb", as_version=4)
     nb.cells[-1].source = nb.cells[-1].source.replace("len(self) == 5", "len(self) == 6")
     nbformat.write(nb, agent.path / "agent.ipynb")
     assert main(["promote", "--check", str(agent.path)]) == 1
+
+
+PEEKING_STRATEGY = """\
+import farmkit as fk
+
+class Peek(fk.Strategy):
+    # Reads tomorrow's close (close[1]): a leak, and so a result far beyond luck, which is all this
+    # test needs from it.
+    def next(self):
+        if len(self.data) + 1 >= self.data.buflen():
+            return
+        up = (self.data.close[1] > self.data.close[0]) == (side > 0)   # side -1: the worst of bets
+        if up and not self.position:
+            self.buy(size=10, reason="up next")
+        elif self.position and not up:
+            self.close(reason="down next")
+
+bars = fk.data.synthetic(["AAPL"], start="2024-01-02", days=days, freq="1D", seed=4)
+res = fk.backtest(Peek, bars)
+"""
+
+
+def test_a_result_that_may_be_luck_is_refused_with_the_reason(farm_home, tmp_path):
+    path = _notebook(tmp_path, TINY_STRATEGY.replace("REASON", "'five bars in'"))
+    agents = tmp_path / "agents"
+    with pytest.raises(PromoteError, match=r"cannot promote .*nb.ipynb: refused: its deflated Sharpe ratio is "
+                                           r"undefined .*farm promote --allow-overfit"):
+        promote(path, "tiny", agents_dir=agents)
+    assert not (agents / "tiny").exists()
+    agent = promote(path, "tiny", agents_dir=agents, allow_overfit=True)
+    gate = agent.manifest["overfitting"]
+    assert (gate["passed"], gate["overridden"], gate["dsr"]) == (False, True, None)
+
+
+def test_a_result_beyond_luck_passes_the_gate_with_its_pbo(farm_home, tmp_path):
+    path = _notebook(tmp_path, PEEKING_STRATEGY, params="days = 1000\nside = 1")
+    notebooks.run(path, {"side": -1}, progress=False)     # a second trial of the family, same data
+    agent = promote(path, "peek", agents_dir=tmp_path / "agents")
+    gate = agent.manifest["overfitting"]
+    assert gate["passed"] and not gate["overridden"] and gate["dsr"] > 0.95
+    assert gate["pbo_trials"] >= 2 and gate["pbo"] is not None and gate["pbo"] <= 0.5
+    assert gate["reason"].startswith("DSR ")

@@ -148,16 +148,16 @@ SMALL = dict(symbols=["AAPL"], start="2024-01-02", days=1, fast=3, slow=10, size
              commission=0.0005, seed=7)
 
 
-def make_agent(folder: Path) -> Path:
+def make_agent(folder: Path, params: dict = SMALL) -> Path:
     """An agent as `farm promote` makes one, from the SMA notebook with small parameters."""
     nb = nbformat.read(SOURCE, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = "\n".join(f"{k} = {v!r}" for k, v in SMALL.items())
+    cell.source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
     folder.mkdir(parents=True)
     nbformat.write(nb, folder / "agent.ipynb")
-    manifest = {"name": "sma-e2e", "strategy": "SmaCross", "notebook": "agent.ipynb",
-                "parameters": [{"name": k, "type": type(v).__name__, "default": v} for k, v in SMALL.items()],
-                "symbols": ["AAPL"], "bar_size": "1min", "warmup_bars": SMALL["slow"]}
+    manifest = {"name": folder.name, "strategy": "SmaCross", "notebook": "agent.ipynb",
+                "parameters": [{"name": k, "type": type(v).__name__, "default": v} for k, v in params.items()],
+                "symbols": params["symbols"], "bar_size": "1min", "warmup_bars": params["slow"]}
     (folder / "agent.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
 
@@ -343,3 +343,90 @@ def test_a_multi_symbol_run_resumes_with_every_bar_of_every_symbol_once(farm_hom
     assert submitted(records) == submitted(reference) > 2
     market = [json.loads(x) for x in records.market_state]
     assert all(set(m) >= {"AAPL", "MSFT"} for m in market[60:]), "every bar saw both symbols"
+
+
+@pytest.mark.service
+def test_a_muted_symbol_fails_readiness_shows_in_metrics_and_marks_the_decisions_in_fmel(tmp_path, pubsub_emulator,
+                                                                                       monkeypatch):
+    # Crypto pairs: their market is always open, so the test does not depend on the time of day.
+    symbols = ["BTC/USD", "ETH/USD"]
+    now = pd.Timestamp.now(tz="UTC").floor("min")
+    params = {**SMALL, "symbols": symbols, "start": (now - pd.Timedelta(days=3)).strftime("%Y-%m-%d")}
+    agent = make_agent(tmp_path / "agents" / "sma-stale", params)
+    home, state = tmp_path / "farm", tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(PUBSUB_EMULATOR_HOST=pubsub_emulator.host, FARM_HOME=str(home), FARM_BUS="pubsub://farm-local",
+               FARM_STATE_DIR=str(state), FARM_SUBSCRIPTION="runner-stale", FARM_HEALTH_PORT=str(free_port()),
+               FARM_STALE_AFTER="2", PYTHONPATH=str(REPO))
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    bus = open_bus("pubsub://farm-local")
+    bus.ensure_topic("market-data")
+    # Bars stamped in the last few hours, one minute apart, published a timestamp every 0.2 s.
+    index = pd.date_range(end=now, periods=240, freq="1min", tz="UTC")
+    live = {s: bars_of(f.iloc[:240].set_axis(index), s) for s, f in
+            fk.data.synthetic(symbols, start="2024-01-02", days=1, freq="1min", seed=9).items()}
+    muted, stop = threading.Event(), threading.Event()
+    sent = {"i": 0, "eth_last": None, "eth_stamp": None}
+
+    def publish():
+        for i in range(240):
+            if stop.is_set():
+                return
+            publish_record(bus, "market-data", live["BTC/USD"][i])
+            if not muted.is_set():
+                publish_record(bus, "market-data", live["ETH/USD"][i])
+                bus.flush()
+                sent["eth_last"], sent["eth_stamp"] = time.time(), live["ETH/USD"][i].timestamp
+            bus.flush()
+            sent["i"] = i + 1
+            time.sleep(0.2)
+
+    runner = RunnerProcess(agent, env, tmp_path / "runner.log")
+    publisher = threading.Thread(target=publish, daemon=True)
+    try:
+        eventually(lambda: http(runner.port, "/healthz")[0] == 200, 30, "/healthz")
+        publisher.start()      # bars must flow for the pod to be ready: a 2 s threshold
+        runner.wait_live()
+        eventually(lambda: runner.processed() >= SMALL["slow"] + 10, 60, "10 live bars of both symbols")
+        code, body = http(runner.port, "/readyz")
+        assert code == 200 and "live" in body, body
+        assert metric(runner.metrics(), "farm_runner_stale_symbols") == 0
+
+        muted.set()
+        eventually(lambda: sent["eth_last"] is not None and sent["i"] > 0, 5, "the mute")
+        last_eth = sent["eth_last"]
+        failed = eventually(lambda: (r := http(runner.port, "/readyz"))[0] == 503 and r, 15, "/readyz to fail")
+        detection = time.time() - last_eth
+        assert "ETH/USD" in failed[1] and "BTC/USD" not in failed[1] and "stale" in failed[1], failed[1]
+        print(f"stale symbol detected {detection:.2f} s after its last bar (threshold 2 s): {failed[1].strip()}")
+        assert detection < 10
+        text = runner.metrics()
+        assert metric(text, "farm_runner_stale_symbols") == 1
+        assert 'farm_runner_stale{agent="sma-stale",symbol="ETH/USD"} 1' in text
+        assert 'farm_runner_stale{agent="sma-stale",symbol="BTC/USD"} 0' in text
+        ages = {line.split('symbol="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("farm_runner_bar_age_seconds{")}
+        assert ages["ETH/USD"] > 2 > ages["BTC/USD"]
+        marked_now = metric(text, "farm_runner_stale_decisions_total")
+        eventually(lambda: (metric(runner.metrics(), "farm_runner_stale_decisions_total") or 0) >= marked_now + 5,
+                   30, "decisions taken on BTC/USD bars while ETH/USD is stale")
+    finally:
+        stop.set()
+        if publisher.ident is not None:
+            publisher.join(10)
+        runner.proc.send_signal(signal.SIGTERM)
+        code = runner.proc.wait(30)
+        bus.close()
+    assert code == 0, (tmp_path / "runner.log").read_text()[-3000:]
+
+    saved = checkpoint.load(state)
+    records = open_store(f"local://{home}").fmel(saved.run_id)
+    marks = [(ts, [e for e in json.loads(m).get("events", []) if e["event"] == "stale"])
+             for ts, m in zip(records.timestamp, records.market_state)]
+    marked = [(ts, events) for ts, events in marks if events]
+    assert len(marked) >= 5
+    assert all({e["symbol"] for e in events} == {"ETH/USD"} for _, events in marked)
+    assert all("no bar for" in e["detail"] for _, events in marked for e in events)
+    assert all(ts > sent["eth_stamp"] for ts, _ in marked), "no bar before the mute is marked"
+    run = open_store(f"local://{home}").runs.get(saved.run_id)
+    assert run["metrics"]["stale_decisions"] == len(marked)

@@ -20,7 +20,7 @@ WINGS = {
     "stores": set(),           # fmel/: FMEL, the run registry and their stores
     "base": set(),
 }
-KERNEL = {"kernel", "feeds", "strategy", "result", "metrics", "report", "leaderboard", "embedded_redis", "redis_keeper", "secret_manager", "brokers"}
+KERNEL = {"kernel", "feeds", "strategy", "result", "metrics", "report", "leaderboard", "track_record", "embedded_redis", "redis_keeper", "secret_manager", "brokers"}
 BASE = {"model", "settings", "errors", "health", "version"}
 
 

@@ -132,3 +132,63 @@ def test_reading_past_the_end_of_a_truncated_run_is_a_leak(farm_home, bars):
     assert not report.ok and report.first_bar == 233
     error = report.differences[report.differences.field == "error"].iloc[0]
     assert error.cut == 234 and "IndexError" in error.truncated_value
+
+
+# -- the whole-notebook check's parts: the data window and the leak patterns ------------------------
+
+@pytest.fixture
+def data_window():
+    from farmkit.data import window
+    yield window
+    window.limit()          # no window for the tests that follow
+
+
+def test_every_data_source_keeps_only_the_bars_inside_the_window(data_window, tmp_path):
+    full = fk.data.synthetic(["AAPL", "MSFT"], days=2, seed=4)
+    stamps = full["AAPL"].index
+    data_window.limit(until=stamps[99])
+    cut = fk.data.synthetic(["AAPL", "MSFT"], days=2, seed=4)
+    assert [len(f) for f in cut.values()] == [100, 100] and cut["MSFT"].equals(full["MSFT"].iloc[:100])
+    data_window.limit(start=stamps[700].tz_convert("America/New_York"))     # any zone: compared in UTC
+    assert fk.data.synthetic("AAPL", days=2, seed=4)["AAPL"].equals(full["AAPL"].iloc[700:])
+    path = tmp_path / "AAPL.csv"
+    full["AAPL"].to_csv(path)
+    data_window.limit(start=stamps[10], until="2024-01-02 15:00")           # naive means UTC
+    assert list(fk.data.load(path)["AAPL"].index) == list(stamps[10:31])
+    data_window.limit()
+    assert len(fk.data.load(path)["AAPL"]) == len(stamps)
+    assert [len(ix) for ix in data_window.seen()] == [len(stamps)]           # what was returned, uncut
+
+
+@pytest.mark.parametrize("source, kind", [
+    ("signal = frame.close.shift(-5) > frame.close", "negative shift"),
+    ("x = close.shift(periods=-n)", "negative shift"),
+    ("m = close.rolling(21, center=True).mean()", "centred rolling window"),
+    ("z = (close - close.mean()) / close.std()", "whole-series statistic"),
+    ("norm = close / close.max()", "whole-series statistic"),
+    ("top = close[::-1].cummax()[::-1]", "reversed cumulative operation"),
+    ("s = close.iloc[::-1].cumsum()", "reversed cumulative operation"),
+    ("bars15 = frame.resample('15min').agg(ohlc)", "resample labelled by the period's start"),
+    ("bars15 = frame.resample('15min', closed='right', label='left').last()", "resample labelled by the period's start"),
+    ("f = marks.bfill()", "backward fill"),
+    ("f = marks.fillna(method='backfill')", "backward fill"),
+])
+def test_known_leak_patterns_are_recognised(source, kind):
+    from farmkit.research.leak_patterns import leak_patterns
+    assert [p.kind for p in leak_patterns("%matplotlib inline\n" + source)] == [kind]
+    assert leak_patterns("%matplotlib inline\n" + source)[0].line == 2
+
+
+def test_past_only_code_has_no_leak_pattern():
+    from farmkit.research.leak_patterns import leak_patterns
+    clean = """
+feature = close / close.rolling(20).mean() - 1
+z = (close - close.expanding(20).mean()) / close.expanding(20).std()
+prev = close.shift(1) / close.shift(2) - 1
+e = close.ewm(span=10, adjust=True).mean()
+bars15 = frame.resample("15min", label="right", closed="right").agg(ohlc)
+top = close.cummax()
+marks = marks.ffill()
+"""
+    assert leak_patterns(clean) == []
+    assert leak_patterns("this is not python (") == []

@@ -1,6 +1,7 @@
 """farmkit.research.trials: families in the run registry, and PSR/DSR/MinTRL checked against the formulas."""
 
 import math
+import sys
 from statistics import NormalDist
 
 import numpy as np
@@ -91,3 +92,93 @@ def test_family_is_the_done_runs_of_one_strategy_and_code(farm_home):
     store.runs.upsert("h", agent_id="S/parity", strategy="S", mode="backtest", status="done", code_hash="h1",
                       segment="parity", metrics={"sharpe": 9.0}, started_at=pd.Timestamp("2024-01-03", tz="UTC"))
     assert list(trials.family(store, "S", "h1").run_id) == ["a", "b", "f"]
+
+
+def _version(tmp_path, name, body):
+    """A strategy class named ``Cross`` from a file of its own, as each notebook cell keeps its own source."""
+    import importlib.util
+    import textwrap
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(f"""
+        from tests.unit.test_engine import TrackedCross
+
+        class Cross(TrackedCross):
+            def next(self):
+                {body}
+                super().next()
+    """))
+    spec = importlib.util.spec_from_file_location(f"farm_trials_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # backtrader looks a strategy's module up by name
+    spec.loader.exec_module(module)
+    return module.Cross
+
+
+def test_editing_a_strategy_in_its_notebook_keeps_its_family(farm_home, tmp_path, monkeypatch, capsys):
+    import farmkit as fk
+
+    # The notebook a Jupyter kernel runs is in JPY_SESSION_NAME.
+    notebook = tmp_path / "research" / "cross.ipynb"
+    monkeypatch.setenv("JPY_SESSION_NAME", str(notebook))
+    before = _version(tmp_path, "before", "pass")
+    after = _version(tmp_path, "after", "self.track(edited=True)")   # one line changed
+    bars = fk.data.synthetic("AAPL", days=12, seed=3)
+    first = fk.backtest(before, bars)
+    second = fk.backtest(after, bars)
+    store = open_store(farm_home.store)
+    rows = [store.runs.get(r.run_id) for r in (first, second)]
+    assert rows[0]["code_hash"] != rows[1]["code_hash"]
+    assert rows[0]["family"] == rows[1]["family"] == f"{notebook}::Cross"
+    # Both versions are trials of one family: the edit does not start the deflation over.
+    assert first.metrics["trials"] == 1 and second.metrics["trials"] == 2
+    assert second.metrics["dsr"] <= second.metrics["psr"] + 1e-12
+
+    lineage = trials.lineage(store, rows[0]["family"])
+    assert list(lineage.code_hash) == [rows[0]["code_hash"], rows[1]["code_hash"]]
+    assert list(lineage.trials) == [1, 1]
+    assert list(lineage.best_run_id) == [first.run_id, second.run_id]
+    assert lineage.best_sharpe.iloc[1] == pytest.approx(second.metrics["sharpe"])
+    assert lineage.best_dsr.iloc[1] == pytest.approx(second.metrics["dsr"])
+    assert (lineage.first_seen <= lineage.last_seen).all()
+    # Asked by agent, the lineage is that of the agent's families.
+    pd.testing.assert_frame_equal(trials.lineage(store, "Cross"), lineage)
+    from farmkit import cli
+    assert cli.main(["leaderboard", "--lineage", "Cross"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lineage of Cross") and rows[0]["code_hash"] in out and rows[1]["code_hash"] in out
+
+
+def test_a_notebook_run_by_farm_and_a_plain_script_have_their_families(farm_home, tmp_path, monkeypatch):
+    import farmkit as fk
+
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    strategy = _version(tmp_path, "plain", "pass")
+    bars = fk.data.synthetic("AAPL", days=4, seed=3)
+    store = open_store(farm_home.store)
+    script = fk.backtest(strategy, bars)
+    assert store.runs.get(script.run_id)["family"] == "Cross"     # outside a notebook: the strategy name
+
+    # `farm backtest` registers the notebook's run before it starts; every backtest in it is of that notebook.
+    notebook = tmp_path / "cross.ipynb"
+    store.runs.upsert("bt-queued", agent_id="cross", strategy="cross", mode="backtest", status="queued",
+                      notebook=str(notebook), started_at=pd.Timestamp.now(tz="UTC"))
+    settings = farm_home.replace(run_id="bt-queued")
+    claimed, later = fk.backtest(strategy, bars, settings=settings), fk.backtest(strategy, bars, settings=settings)
+    assert claimed.run_id == "bt-queued" and later.run_id != "bt-queued"
+    assert {store.runs.get(r.run_id)["family"] for r in (claimed, later)} == {f"{notebook}::Cross"}
+    assert later.metrics["trials"] == 2   # the script's run is of another family
+
+
+def test_a_run_ranks_with_the_track_record_its_deflated_sharpe_needs():
+    from farmkit.track_record import standing, track_record
+    strong = np.random.default_rng(5).normal(0.01, 0.01, size=300)                   # Sharpe ~1 a day
+    assert standing(track_record(equity_from_daily_returns(strong))) is None
+    assert standing(track_record(equity_from_daily_returns([0.01, -0.02]))) == "2 daily returns; needs at least 3"
+    assert standing(track_record(equity_from_daily_returns([0.0] * 30))) == "30 days of flat equity; needs returns that vary"
+    young = track_record(equity_from_daily_returns(np.random.default_rng(5).normal(0.003, 0.01, size=12)))
+    assert young["min_track_record_days"] > 12
+    assert standing(young) == f"12 days; needs {math.ceil(young['min_track_record_days'])} for its Sharpe"
+    # A losing record has an infinite minimum track record: it needs only MIN_DAYS, and ranks (low).
+    losing = track_record(equity_from_daily_returns(-strong[:12]))
+    assert losing["min_track_record_days"] == math.inf and standing(losing) is None
+    assert standing({"sharpe": 3.0, "dsr": 0.9}).startswith("no track record measured")

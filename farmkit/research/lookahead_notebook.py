@@ -37,7 +37,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 
 from farmkit.fmel.stores import open_store
@@ -186,6 +185,8 @@ def check_notebook(path, params: dict | None = None, *, cuts: int = 3, recursive
     """
     from farmkit.research import notebooks
 
+    import nbformat   # here: importing it costs ~2 s (jsonschema), which `import farmkit` must not pay
+
     path = Path(path).absolute()
     params = notebooks.coerce(dict(params or {}), notebooks.parameters(path), path)
     settings = (settings or Settings.from_env()).replace(run_id=None)
@@ -239,6 +240,8 @@ class _Runner:
         self.kernel, self.path, self.params, self.store = kernel, path, params, store
 
     def __call__(self, **start) -> tuple[dict, dict]:
+        import nbformat
+
         from farmkit.research import notebooks
 
         nb = nbformat.read(self.path, as_version=4)

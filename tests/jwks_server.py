@@ -13,13 +13,14 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from tests.local_http import LocalHttp
 
 
 def new_key():
@@ -35,7 +36,7 @@ def _certificate(key) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-class JwksServer:
+class JwksServer(LocalHttp):
     """Serves ``/jwks`` (JWKS) and ``/x509`` (kid -> PEM certificate); ``url`` is the JWKS one."""
 
     def __init__(self, max_age: int = 3600):
@@ -46,42 +47,28 @@ class JwksServer:
         self.answer = threading.Event()    # clear it to hold the answers back (a slow Google)
         self.answer.set()
         self.rotate()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests += 1
-                server.asked.set()
-                server.answer.wait(30)
-                if self.path == "/jwks":
-                    body = {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())),
-                                      "kid": kid, "alg": "RS256", "use": "sig"} for kid, k in server.keys.items()]}
-                elif self.path == "/x509":
-                    body = {kid: _certificate(k) for kid, k in server.keys.items()}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Cache-Control", f"public, max-age={server.max_age}, must-revalidate")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+    def respond(self, path: str):
+        self.requests += 1
+        self.asked.set()
+        self.answer.wait(30)
+        if path == "/jwks":
+            body = {"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key())),
+                              "kid": kid, "alg": "RS256", "use": "sig"} for kid, k in self.keys.items()]}
+        elif path == "/x509":
+            body = {kid: _certificate(k) for kid, k in self.keys.items()}
+        else:
+            return None
+        return 200, body, {"Cache-Control": f"public, max-age={self.max_age}, must-revalidate"}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}/jwks"
+        return f"{self.base}/jwks"
 
     @property
     def x509_url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}/x509"
+        return f"{self.base}/x509"
 
     def rotate(self) -> str:
         """Publish a new key (Google keeps the old one for a while too); returns its kid."""
@@ -103,11 +90,3 @@ class JwksServer:
                    "exp": int(now + expires_in), **claims}
         kid = kid or self.current
         return jwt.encode(payload, key or self.keys[kid], algorithm="RS256", headers={"kid": kid})
-
-    def __enter__(self) -> "JwksServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._http.shutdown()
-        self._http.server_close()

@@ -7,16 +7,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
-import json
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from farmkit import leaderboard, secret_manager
 from farmkit.errors import ConfigError
 from tests.conftest import need
+from tests.local_http import LocalHttp
 from tests.local_process import LocalProcess
 from tests.redis_server import find_redis_server
 
@@ -75,43 +73,21 @@ class TlsRedis(LocalProcess):
                            ssl_ca_data=self.ca.decode(), socket_timeout=1).ping()
 
 
-class SecretManager:
+class SecretManager(LocalHttp):
     """``GET /v1/projects/P/secrets/S/versions/latest:access`` as Secret Manager answers it."""
 
     def __init__(self, secrets: dict[str, bytes]):
         self.secrets, self.asked = secrets, []
-        outer = self
+        super().__init__()
+        self.url = self.base
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                name = self.path.removeprefix("/v1/").removesuffix("/versions/latest:access")
-                outer.asked.append(name)
-                if name not in outer.secrets:
-                    body, code = {"error": {"code": 404, "message": "Secret not found"}}, 404
-                else:
-                    body, code = {"name": f"{name}/versions/1", "payload": {
-                        "data": base64.b64encode(outer.secrets[name]).decode()}}, 200
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._http.server_port}"
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._http.shutdown()
-        self._http.server_close()
+    def respond(self, path: str):
+        name = path.removeprefix("/v1/").removesuffix("/versions/latest:access")
+        self.asked.append(name)
+        if name not in self.secrets:
+            return 404, {"error": {"code": 404, "message": "Secret not found"}}, {}
+        return 200, {"name": f"{name}/versions/1",
+                     "payload": {"data": base64.b64encode(self.secrets[name]).decode()}}, {}
 
 
 @pytest.fixture(scope="module")

@@ -276,7 +276,7 @@ class Run:
             params={k: _plain(v) for k, v in params.items()}, broker=self.broker.to_record(),
             params_hash=hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16],
             data_fingerprint=data_fingerprint, code_hash=self.code, family=self.family, farmkit_version=__version__,
-            started_at=pd.Timestamp(self.started, unit="s", tz="UTC"), error=None, failed_bar=None,
+            started_at=pd.Timestamp(self.started, unit="s", tz="UTC"), finished_at=None, error=None, failed_bar=None,
             **{k: v for k in ("owner", "agent_uid") if (v := getattr(self.settings, k))})
 
     # -- wiring ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -172,39 +173,70 @@ def _field(body: dict, name: str, default=...):
 def _string(body: dict, name: str, default=...) -> str:
     value = _field(body, name, default)
     if not isinstance(value, str):
-        raise MalformedMessage(f"field {name!r} is not a string: {value!r}")
+        raise MalformedMessage(f"field {name!r} is not a string: {_short(value)}")
     return value
+
+
+# No listed instrument trades above this price or volume in one bar: a bigger number on the wire is a
+# broken producer (or a hostile one), and accepting it would poison every indicator that sees it.
+MAX_PRICE = 1e9
+MAX_VOLUME = 1e15
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
 
 
 def _number(body: dict, name: str) -> float:
     value = _field(body, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MalformedMessage(f"field {name!r} is not a number: {value!r}")
+        raise MalformedMessage(f"field {name!r} is not a number: {_short(value)}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise MalformedMessage(f"field {name!r} is too large for a number: {_short(value)}") from None
     if not math.isfinite(value):
         raise MalformedMessage(f"field {name!r} is not finite: {value!r}")
     return value
 
 
+def _short(value) -> str:
+    """A field's value for an error message: at most about 80 characters, whatever the value."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):
+        return f"<a {type(value).__name__}>"
+
+
+def _bounded(values: dict) -> dict:
+    for name, value in values.items():
+        limit, what = (MAX_VOLUME, "volume") if name == "volume" else (MAX_PRICE, "price")
+        if value > limit:
+            raise MalformedMessage(f"{what} {name}={value:g} is beyond {limit:g}: not a real {what}")
+    return values
+
+
 def _timestamp(body: dict, name: str, default=...) -> pd.Timestamp:
     text = _field(body, name, default)
     if not isinstance(text, str):
-        raise MalformedMessage(f"field {name!r} is not an ISO 8601 string: {text!r}")
+        raise MalformedMessage(f"field {name!r} is not an ISO 8601 string: {_short(text)}")
     try:
         ts = pd.Timestamp(text)
     except (ValueError, TypeError, OverflowError):
-        raise MalformedMessage(f"field {name!r} is not an ISO 8601 timestamp: {text!r}") from None
+        raise MalformedMessage(f"field {name!r} is not an ISO 8601 timestamp: {_short(text)}") from None
     if ts is pd.NaT:
-        raise MalformedMessage(f"field {name!r} is not a timestamp: {text!r}")
+        raise MalformedMessage(f"field {name!r} is not a timestamp: {_short(text)}")
     if ts.tzinfo is None:
-        raise MalformedMessage(f"field {name!r} has no time zone: {text!r} (expected e.g. 2025-01-15T14:30:00Z)")
+        raise MalformedMessage(f"field {name!r} has no time zone: {_short(text)} (expected e.g. 2025-01-15T14:30:00Z)")
     return ts.tz_convert("UTC")
 
 
 def _bar(body: dict) -> Bar:
     revision = _field(body, "revision", 0)
     if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
-        raise MalformedMessage(f"field 'revision' is not a non-negative integer: {revision!r}")
-    values = {name: _number(body, name) for name in ("open", "high", "low", "close", "volume")}
+        raise MalformedMessage(f"field 'revision' is not a non-negative integer: {_short(revision)}")
+    values = _bounded({name: _number(body, name) for name in ("open", "high", "low", "close", "volume")})
     try:
         return Bar(_string(body, "symbol"), _timestamp(body, "timestamp"), **values,
                    source=_string(body, "source", ""), revision=revision)
@@ -215,10 +247,10 @@ def _bar(body: dict) -> Bar:
 def _news(body: dict) -> NewsItem:
     id_ = _field(body, "id")
     if isinstance(id_, bool) or not isinstance(id_, (int, str)) or id_ == "":
-        raise MalformedMessage(f"field 'id' is not an integer or a non-empty string: {id_!r}")
+        raise MalformedMessage(f"field 'id' is not an integer or a non-empty string: {_short(id_)}")
     symbols = _field(body, "symbols")
     if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
-        raise MalformedMessage(f"field 'symbols' is not a list of strings: {symbols!r}")
+        raise MalformedMessage(f"field 'symbols' is not a list of strings: {_short(symbols)}")
     created = _timestamp(body, "created_at")
     return NewsItem(id_, _string(body, "headline"), _string(body, "summary", ""), tuple(symbols), created,
                     _timestamp(body, "updated_at", _iso(created)), _string(body, "url", ""),
@@ -240,17 +272,21 @@ def parse_message(data: bytes, attributes: Mapping[str, str] | None = None) -> B
         raise MalformedMessage(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise MalformedMessage(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except ValueError as exc:   # a number of more than 4300 digits (Python's int conversion limit)
+        raise MalformedMessage(f"not readable JSON ({str(exc)[:120]})") from None
+    except RecursionError:
+        raise MalformedMessage("JSON nested too deeply to read") from None
     except TypeError:
         raise MalformedMessage(f"data is {type(data).__name__}, not bytes") from None
     if not isinstance(body, dict):
         raise MalformedMessage(f"JSON is a {type(body).__name__}, not an object")
     kind = body.get("type")
-    if kind not in _PARSERS:
-        raise MalformedMessage(f"unknown type {kind!r}; known: {', '.join(sorted(_PARSERS))}")
+    if not isinstance(kind, str) or kind not in _PARSERS:
+        raise MalformedMessage(f"unknown type {_short(kind)}; known: {', '.join(sorted(_PARSERS))}")
     attributes = attributes or {}
     if attributes.get("type", kind) != kind:
-        raise MalformedMessage(f"attribute type={attributes['type']!r} but the body says {kind!r}")
+        raise MalformedMessage(f"attribute type={_short(attributes['type'])} but the body says {kind!r}")
     record = _PARSERS[kind](body)
     if kind == "bar" and attributes.get("symbol", record.symbol) != record.symbol:
-        raise MalformedMessage(f"attribute symbol={attributes['symbol']!r} but the body says {record.symbol!r}")
+        raise MalformedMessage(f"attribute symbol={_short(attributes['symbol'])} but the body says {_short(record.symbol)}")
     return record

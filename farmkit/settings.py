@@ -36,6 +36,8 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     # (default: three bar sizes), and the backtest run a paper run's drift alarms compare it with.
     "FARM_STALE_AFTER": ("stale_after", None),
     "FARM_DRIFT_BASELINE": ("drift_baseline", None),   # default (runner): the agent's verification run
+    # Paper runs: a bar that starts more than this many seconds after now is malformed, not a real bar.
+    "FARM_MAX_FUTURE": ("max_future", "300"),
     # `farm paper --replay`: the paper session publishes a replayed market on its own bus.
     "FARM_REPLAY": ("replay", None),        # synthetic | path to a CSV or Parquet file of bars
     "FARM_REPLAY_SPEED": ("replay_speed", "60"),  # multiple of real time (60: a minute bar per second)
@@ -71,6 +73,7 @@ class Settings:
     leaderboard_every: float = 60.0
     stale_after: float | None = None
     drift_baseline: str | None = None
+    max_future: float = 300.0
     replay: str | None = None
     replay_speed: float = 60.0
     runner_image: str | None = None
@@ -108,6 +111,7 @@ class Settings:
                 raise ConfigError(f"{var} must be a whole number >= {least}, got {values[name]!r}") from None
         for var, name, what in (("FARM_LEADERBOARD_EVERY", "leaderboard_every", "a number of seconds"),
                                 ("FARM_STALE_AFTER", "stale_after", "a number of seconds"),
+                                ("FARM_MAX_FUTURE", "max_future", "a number of seconds"),
                                 ("FARM_REPLAY_SPEED", "replay_speed", "a number")):
             if values[name] is None:
                 continue

@@ -25,7 +25,7 @@ def register(sub) -> None:
                         "decision as it is committed to FMEL. With --replay the session publishes a replayed "
                         "market on its own in-process bus: no keys, no Pub/Sub, a fresh state each time. "
                         "Without it, bars come from FARM_BUS (e.g. pubsub://PROJECT, fed by `farm ingest`). "
-                        "Ctrl-C stops cleanly: FMEL flushed, checkpoint saved, metrics printed.",
+                        "Ctrl-C (or SIGTERM) stops cleanly: FMEL flushed, checkpoint saved, metrics printed.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="examples:\n"
                         "  farm paper agents/sma-crossover --replay synthetic --speed 60\n"

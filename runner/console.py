@@ -3,7 +3,7 @@
 The agent runs as the pod runs it (its notebook through papermill in paper mode, see
 :class:`runner.service.Runner`); this module adds the terminal: it follows the session's status file
 and the FMEL store, prints each decision as it is committed, and stops the session cleanly on
-Ctrl-C, after ``duration`` seconds or ``bars`` bars.
+Ctrl-C or SIGTERM, after ``duration`` seconds or ``bars`` bars.
 
 With a replay (``--replay synthetic`` or a file) the session publishes the market itself, on its
 own in-process bus: no keys, no Pub/Sub, and a fresh state directory each time.
@@ -12,6 +12,7 @@ own in-process bus: no keys, no Pub/Sub, and a fresh state directory each time.
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -66,6 +67,7 @@ def run(agent_dir, settings: Settings, *, replay: str | None = None, speed: floa
     deadline = time.monotonic() + duration if duration else None
     follow = Follow()
     store = open_store(settings.store)       # the decisions are followed in the store the kernel writes
+    previous = _on_sigterm(stop.set)         # `kill`, systemd and Kubernetes stop it as Ctrl-C does
     runner.start()
     code = None
     try:
@@ -86,7 +88,17 @@ def run(agent_dir, settings: Settings, *, replay: str | None = None, speed: floa
         code = runner.shutdown()
     _show(runner, store, follow, out)
     _summary(runner, store, follow, out, code)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     return code
+
+
+def _on_sigterm(handler):
+    """Call ``handler`` on SIGTERM (from the main thread only, where Python allows signal handlers);
+    returns the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda *_: handler())
 
 
 def _show(runner: Runner, store, follow: Follow, out: TextIO) -> None:

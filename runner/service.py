@@ -75,6 +75,7 @@ class Runner:
             env["FARM_DRIFT_BASELINE"] = str(baseline)
         if self.settings.stale_after is not None:
             env["FARM_STALE_AFTER"] = f"{self.settings.stale_after:g}"
+        env["FARM_MAX_FUTURE"] = f"{self.settings.max_future:g}"
         if self.settings.replay:
             env["FARM_REPLAY"] = str(Path(self.settings.replay).absolute()) if self.settings.replay != "synthetic" \
                 else "synthetic"

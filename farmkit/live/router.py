@@ -10,26 +10,42 @@ Policy (Pub/Sub delivers at least once, and may reorder):
   ``late`` data event in the FMEL of the next bar. Order across symbols does not matter: each
   symbol has its own feed, and backtrader lines the feeds up by time;
 - bars of symbols the run did not ask for are acked and counted as ``ignored``;
+- a bar that starts more than ``max_future`` seconds after now, or off the bar grid (``bar_seconds``), is
+  malformed: it never becomes a symbol's last bar, so it cannot make the real bars after it late;
+- anything else that goes wrong with a message (a bug, a feed that raises) is logged, acked and
+  counted as ``failed``: the message is not redelivered, and the log says so;
 - a resumed run passes ``after`` (last processed timestamp per symbol, from its checkpoint): bars at
   or before it were processed before the restart and count as duplicates.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 
 from farmkit.model import Bar, MalformedMessage, parse_message
 
+log = logging.getLogger(__name__)
+OUTCOMES = ("routed", "duplicate", "late", "ignored", "malformed", "failed")
+MAX_FUTURE = 300.0      # seconds a bar's start may be ahead of this machine's clock (skew between hosts)
+
 
 class BarRouter:
     """Routes bar messages to one feed per symbol. ``on_event(symbol, kind, detail)`` receives data
-    events (late, duplicate revision, malformed); ``counts`` says what happened to every message."""
+    events (late, duplicate revision, malformed); ``counts`` says what happened to every message, one
+    of :data:`OUTCOMES` each. ``bar_seconds``: bars start on multiples of it (None: no grid check);
+    ``clock``: the wall clock in epoch seconds (a test passes its own)."""
 
     def __init__(self, feeds: dict, on_event: Callable[[str | None, str, str], None] | None = None,
-                 keep_rejected: int = 1000, after: dict | None = None):
+                 keep_rejected: int = 1000, after: dict | None = None, *, bar_seconds: int | None = None,
+                 max_future: float = MAX_FUTURE, clock: Callable[[], float] = time.time):
         self.feeds = feeds
+        self.bar_ns = int(bar_seconds * 1e9) if bar_seconds else None
+        self.max_future_ns = int(max_future * 1e9)
+        self.clock = clock
         self.on_event = on_event or (lambda *_: None)
         self.counts: Counter = Counter()
         self.rejected: deque = deque(maxlen=keep_rejected)
@@ -52,6 +68,14 @@ class BarRouter:
         """Route one message; returns what was done with it (routed, duplicate, late, ...). ``ack``
         goes with a routed bar to a feed that ``takes_ack`` (then ``handed`` gets True)."""
         try:
+            return self._route(data, attributes, ack, handed)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the message is accounted for
+            log.exception("routing a message failed (%s: %s); it is acked, not redelivered", type(exc).__name__, exc)
+            self.on_event(None, "failed", f"a message could not be routed: {type(exc).__name__}: {str(exc)[:200]}")
+            return self._count("failed")
+
+    def _route(self, data, attributes, ack, handed) -> str:
+        try:
             record = parse_message(data, attributes or {})
         except MalformedMessage as exc:
             return self._reject(data, attributes, exc.reason)
@@ -60,9 +84,16 @@ class BarRouter:
         feed = self.feeds.get(record.symbol)
         if feed is None:
             return self._count("ignored")
+        key = record.timestamp.value
+        ahead = key - int(self.clock() * 1e9)
+        if ahead > self.max_future_ns:
+            return self._reject(data, attributes, f"bar {record.timestamp} starts {ahead / 1e9:.0f} s in the future "
+                                f"(more than {self.max_future_ns / 1e9:g} s ahead of this clock)", record.symbol)
+        if self.bar_ns and key % self.bar_ns:
+            return self._reject(data, attributes, f"bar {record.timestamp} is off the bar grid (bars start on "
+                                f"multiples of {self.bar_ns / 1e9:g} s)", record.symbol)
         with self._lock:
             seen = self._seen[record.symbol]
-            key = record.timestamp.value
             after = self._after.get(record.symbol)
             if key in seen or (after is not None and record.timestamp <= after):
                 if record.revision:
@@ -83,9 +114,13 @@ class BarRouter:
                 feed.put(record)
         return self._count("routed")
 
-    def _reject(self, data, attributes, reason: str) -> str:
-        self.rejected.append({"data": bytes(data[:2000]), "attributes": attributes, "reason": reason})
-        self.on_event(None, "malformed", reason)
+    def _reject(self, data, attributes, reason: str, symbol: str | None = None) -> str:
+        try:
+            kept = bytes(data[:2000])
+        except TypeError:
+            kept = repr(data)[:2000].encode()
+        self.rejected.append({"data": kept, "attributes": attributes, "reason": reason})
+        self.on_event(symbol, "malformed", reason)
         return self._count("malformed")
 
     def _count(self, outcome: str) -> str:

@@ -295,7 +295,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     monitor = monitor_for(drift_baseline, settings.drift_baseline, store)
     journaled = {s: _Journaled(f, inbox, session_ref, arrivals[s], staleness) for s, f in feeds.items()}
     after = {s: pd.Timestamp(t, tz="UTC") for s, t in resume.last.items()} if resume else None
-    router = BarRouter(journaled, on_event=recorder.note_event, after=after)
+    grid = {bt.TimeFrame.Seconds: 1, bt.TimeFrame.Minutes: 60}.get(timeframe[0])
+    router = BarRouter(journaled, on_event=recorder.note_event, after=after, bar_seconds=grid,
+                       max_future=settings.max_future)
     broker_instance = open_broker(broker_url or settings.broker, broker, run_id=run_id)
     if resume is not None and resume.orders_placed and isinstance(getattr(broker_instance, "cids", None), dict):
         # Alpaca client_order_ids count the run's orders: carry on the count, so a bar decided again

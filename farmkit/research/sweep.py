@@ -17,9 +17,9 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing
+import multiprocessing.connection
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
@@ -169,6 +169,7 @@ def grid_points(strategy: type, grid: dict, fixed: dict) -> list[dict]:
     return points
 
 
+
 # What each worker needs for every trial: set once per process by the pool initializer.
 _JOB: dict = {}
 
@@ -210,12 +211,77 @@ def _run_trial(params: dict) -> Outcome:
     return Outcome(params, run_id, metrics, error, returns)
 
 
-def _pool(workers: int, job: dict) -> ProcessPoolExecutor:
+def _context():
     # fork, not spawn: a strategy class defined in a notebook lives in __main__, which a spawned
     # worker cannot import; a forked one inherits it, and the bars, without pickling either.
-    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                               initargs=(job, True))
+    return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else multiprocessing.get_context()
+
+
+class _Workers:
+    """How the sweep's trials run in parallel: ``workers`` processes at a time, one forked process per
+    trial. A process that dies (a crash in C code, the OOM killer) takes only its own trial with it:
+    the other trials, and their runs in the registry, are not touched."""
+
+    def __init__(self, workers: int, job: dict):
+        self.workers, self.job = workers, job
+
+
+def _isolated_trial(conn, job: dict, params: dict) -> None:
+    _init_worker(job, True)
+    try:
+        conn.send(("done", _run_trial(params)))
+    except KeyboardInterrupt:   # a trial stopped as by Ctrl-C: the sweep stops, as in one process
+        conn.send(("interrupted", None))
+    conn.close()
+
+
+def _died(process) -> str:
+    code = process.exitcode
+    how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return f"the trial's process died ({how}) before it finished; its run is in the registry as killed"
+
+
+def _run_isolated(points: list[tuple[int, dict]], workers: _Workers, collect) -> None:
+    """Run each of ``points`` (index, parameters) in a process of its own, ``workers.workers`` at a
+    time. On Ctrl-C (or a trial that raises KeyboardInterrupt) queued trials are dropped and running
+    ones finish, so that no run is left half-written in the registry."""
+    context = _context()
+    interrupted = False
+    queue, running = list(points), {}
+
+    def start(i, params):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_isolated_trial, args=(send, workers.job, params), daemon=True)
+        process.start()
+        send.close()
+        running[receive] = (i, params, process)
+
+    def finish(conn):
+        nonlocal interrupted
+        i, params, process = running.pop(conn)
+        try:
+            how, outcome = conn.recv()
+        except (EOFError, OSError):
+            how, outcome = "died", None
+        process.join()
+        conn.close()
+        if how == "interrupted":
+            interrupted = True
+        else:
+            collect(i, outcome if outcome is not None else Outcome(params, None, {}, _died(process)))
+
+    try:
+        while (queue and not interrupted) or running:
+            while queue and not interrupted and len(running) < workers.workers:
+                start(*queue.pop(0))
+            for conn in multiprocessing.connection.wait(list(running)):
+                finish(conn)
+    except KeyboardInterrupt:
+        while running:      # the running trials finish (they ignore Ctrl-C); queued ones are dropped
+            finish(next(iter(running)))
+        raise
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def sweep(strategy: type, data, grid: dict | None = None, *, search: str = "grid", n_trials: int | None = None,
@@ -372,7 +438,7 @@ def _run_trials(plan: _TrialPlan, job: dict, workers: int, bar) -> tuple[pd.Data
         if workers == 1:
             _init_worker(job, in_pool=False)
         else:
-            pool = _pool(min(workers, plan.total), job)
+            pool = _Workers(min(workers, plan.total), job)
         if search is None:
             _run_batch(points, 0, pool, collect)
         else:
@@ -387,36 +453,19 @@ def _run_trials(plan: _TrialPlan, job: dict, workers: int, bar) -> tuple[pd.Data
                 points += batch
     except KeyboardInterrupt:
         interrupted = True
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     names = list(points[0]) if points else list((plan.search or {}).get("space") or {})
     done = [outcomes[i] for i in sorted(outcomes)]
     returns = [o.returns.rename(o.run_id) for o in done if o.error is None and o.returns is not None]
     return _table(done, names), interrupted, returns
 
 
-def _run_batch(points: list[dict], first: int, pool, collect) -> None:
-    """Run ``points`` (numbered from ``first``) in this process, or in the pool."""
-    if pool is None:
+def _run_batch(points: list[dict], first: int, workers: _Workers | None, collect) -> None:
+    """Run ``points`` (numbered from ``first``) in this process, or in the workers' processes."""
+    if workers is None:
         for i, point in enumerate(points, start=first):
             collect(i, _run_trial(point))
         return
-    futures = {pool.submit(_run_trial, point): i for i, point in enumerate(points, start=first)}
-    collected = set()
-    try:
-        for future in as_completed(futures):
-            collect(futures[future], future.result())
-            collected.add(future)
-    except BaseException:
-        # On Ctrl-C queued trials are dropped and running ones finish, so that no run is left
-        # half-written in the registry; those that finished meanwhile are kept too.
-        pool.shutdown(wait=True, cancel_futures=True)
-        for future, i in futures.items():
-            if future not in collected and future.done() and not future.cancelled() \
-                    and future.exception() is None:
-                collect(i, future.result())
-        raise
+    _run_isolated(list(enumerate(points, start=first)), workers, collect)
 
 
 def _pbo(returns: list[pd.Series]) -> overfit.PBOResult | None:

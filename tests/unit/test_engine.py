@@ -300,3 +300,21 @@ def test_code_hash_is_stable_for_notebook_style_classes_and_changes_with_the_cod
         exec(compile(source.replace("{}", body), f"<cell-{len(hashes)}>", "exec"), namespace)
         hashes.append(code_hash(namespace["S"]))
     assert hashes[0] == hashes[1] != hashes[2]
+
+
+def test_a_resumed_run_starts_with_a_clean_row(farm_home, minute_bars):
+    from farmkit.fmel.stores import open_store
+    from farmkit.kernel import Run
+
+    with pytest.raises(fk.StrategyError) as info:
+        fk.backtest(Exploding, minute_bars)
+    run_id = info.value.run_id
+    store = open_store(farm_home.store)
+    before = store.runs.get(run_id)
+    assert before["status"] == "failed" and before["error"] and before["failed_bar"] == 41
+    again = Run(Exploding, {}, mode="paper", broker=None, settings=farm_home, store=store,
+                agent_id=before["agent_id"], run_id=run_id)
+    again.register(data_fingerprint=None)
+    row = store.runs.get(run_id)
+    assert row["status"] == "running"
+    assert row["error"] is None and row["failed_bar"] is None and pd.isna(row["finished_at"])

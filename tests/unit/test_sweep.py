@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import sqlite3
 from contextlib import closing
 
@@ -29,6 +30,8 @@ class Cross(fk.Strategy):
             raise ZeroDivisionError("boom at 30")
         if self.p.boom == 2 and len(self) == 30:
             raise KeyboardInterrupt  # stands in for Ctrl-C in the middle of a trial
+        if self.p.boom == 3 and len(self) == 30:
+            os._exit(3)     # the worker process dies (a crash in C code, the OOM killer)
         if self.cross > 0:
             self.buy(size=10, reason="fast above slow")
         elif self.cross < 0 and self.position:
@@ -79,6 +82,18 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(farm_home, bars):
     runs = fk.runs().set_index("run_id")
     assert runs.loc[failed.run_id, "status"] == "failed" and runs.loc[failed.run_id, "sweep_id"] == res.sweep_id
     assert res.best().run_id in set(res.table.run_id[res.table.status == "done"])
+
+
+def test_a_worker_that_dies_loses_only_its_own_trial(farm_home, bars):
+    grid = {"boom": [0, 0, 3, 0, 0, 0]}
+    res = sweep(Cross, bars, grid, workers=2, fast=3)
+    assert not res.interrupted
+    assert list(res.table.status) == ["done", "done", "failed", "done", "done", "done"]
+    assert "process died" in res.table.error[2] and "exit code 3" in res.table.error[2]
+    runs = fk.runs()
+    mine = runs[runs.sweep_id == res.sweep_id]
+    assert set(res.table.run_id[res.table.status == "done"]) == set(mine.run_id)
+    assert not (runs.status == "running").any()     # the dead trial's run reads as killed, not running
 
 
 def test_ctrl_c_returns_the_finished_trials(farm_home, bars):

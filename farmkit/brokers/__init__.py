@@ -5,7 +5,8 @@
 
 ``sim://`` fills exactly as a backtest does. ``alpaca-paper://`` reads ``APCA_API_KEY_ID`` and
 ``APCA_API_SECRET_KEY`` (and ``APCA_API_BASE_URL`` to point elsewhere than Alpaca's paper API) from
-``environ``; cash, commission and slippage are then the account's own, not the config's.
+``environ``; the run is a virtual sub-account of that account with the config's ``cash``, and commission
+and slippage are Alpaca's own (see :mod:`farmkit.brokers.subaccounts`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _alpaca_paper(url: str, config: BrokerConfig, environ: Mapping[str, str] | N
     if run_id is None:
         # The run id makes client_order_ids deterministic; a random one would defeat restart adoption.
         raise ConfigError("the alpaca-paper:// broker needs a run_id (its orders' client_order_ids derive from it)")
-    return AlpacaPaperBroker.from_env(run_id, environ=environ)
+    return AlpacaPaperBroker.from_env(run_id, environ=environ, cash=config.cash)
 
 
 REGISTRY: dict[str, Callable[..., bt.broker.BrokerBase]] = {"sim": _sim, "alpaca-paper": _alpaca_paper}

@@ -73,20 +73,25 @@ class Snapshots:
         return Checkpoint(run_id=self.run_id, agent_id=self.agent_id, bars_written=bar + 1 + rec.first_bar,
                           last=last, cash=_plain(rec.cash[bar]), value=_plain(rec.value[bar]),
                           start_value=_plain(rec.start_value), peak=_plain(rec.peak), positions=positions,
-                          open_orders=self._open_orders(), orders_placed=self.orders_placed, tail=tail)
+                          open_orders=self._open_orders(), tail=tail,
+                          # A broker that numbers its orders (Alpaca's ids) may have given out more numbers.
+                          orders_placed=max(self.orders_placed, getattr(self.broker, "orders_numbered", 0)))
 
     def _open_orders(self) -> list[dict]:
         orders = getattr(self.broker, "orders", [])
         orders = orders.values() if isinstance(orders, dict) else orders
         out = []
+        state = getattr(self.broker, "order_state", None)      # what the broker needs to resume an order
         for order in orders:
             # Orders of bars not yet recorded are left out: those bars are decided again after a restart.
-            if order.ref not in self._refs or not order.alive():
+            # Orders restored after an earlier restart belong to bars recorded before it.
+            if (order.ref not in self._refs and not (order.info or {}).get("restored")) or not order.alive():
                 continue
             out.append({"ref": order.ref, "symbol": order.data._name, "side": "buy" if order.isbuy() else "sell",
                         "size": abs(float(order.created.size)), "exectype": _EXECTYPES.get(order.exectype, "market"),
                         "price": _plain(order.created.price),
-                        "client_order_id": (order.info or {}).get("client_order_id")})
+                        "client_order_id": (order.info or {}).get("client_order_id"),
+                        **(state(order) if state is not None else {})})
         return out
 
 
@@ -196,8 +201,11 @@ class SessionHook(bt.Analyzer):
         broker = self.strategy.broker
         broker.buy, broker.sell = self._real
         self.replaying = False
-        if restore_orders and isinstance(broker, bt.brokers.BackBroker):
-            # Alpaca keeps its own open orders; the simulated ones died with the old process.
+        if restore_orders and hasattr(broker, "restore_orders"):
+            # Alpaca kept the open orders: they come back with the fills they had while the process was down.
+            broker.restore_orders(self.strategy, self.p.resume.open_orders)
+        elif restore_orders and isinstance(broker, bt.brokers.BackBroker):
+            # The simulated ones died with the old process.
             for spec in self.p.resume.open_orders:
                 data = self.strategy.getdatabyname(spec["symbol"])
                 place = broker.buy if spec["side"] == "buy" else broker.sell

@@ -299,11 +299,11 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     router = BarRouter(journaled, on_event=recorder.note_event, after=after, bar_seconds=grid,
                        max_future=settings.max_future)
     broker_instance = open_broker(broker_url or settings.broker, broker, run_id=run_id)
-    if resume is not None and resume.orders_placed and isinstance(getattr(broker_instance, "cids", None), dict):
-        # Alpaca client_order_ids count the run's orders: carry on the count, so a bar decided again
-        # after the restart gets the id it had and Alpaca's copy is adopted instead of placed twice.
-        from farmkit.brokers.alpaca_paper import client_order_id
-        broker_instance.cids.update({-n: client_order_id(run_id, n) for n in range(1, resume.orders_placed + 1)})
+    if hasattr(broker_instance, "restore_orders"):
+        # Alpaca keeps the run's orders: the broker reconciles with them from the checkpoint on when it starts
+        # (ids carry on the count, so a bar decided again adopts its order), and notes in FMEL what it refuses.
+        broker_instance.resume(resume)
+        broker_instance.on_event = recorder.note_event
     cerebro = kernel.build(list(feeds.values()), broker_instance=broker_instance,
                            hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
                                                       arrivals=arrivals, on_decided=partial(ack_taken, acks),

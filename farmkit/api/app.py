@@ -1,4 +1,5 @@
-"""The FastAPI application: wiring, errors, health, metrics, body limits, auth and rate limits.
+"""The FastAPI application: wiring, errors, health, metrics, body limits, auth and rate limits, the
+checks of uploaded notebooks (in a sandbox), and credentials kept out of every answer and log line.
 
     app = create_app(Settings.from_env(), ApiSettings.from_env())
     # uvicorn.run(app) -- or `farm serve`
@@ -6,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 import uuid
 
@@ -19,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from farmkit.api.auth import FirebaseAuth, LocalTokenAuth, SigningKeys
 from farmkit.api.context import ERRORS, ApiError, Context, current_user, error_response
 from farmkit.api.models import Health
+from farmkit.api.redact import Redactor, RedactingFilter
 from farmkit.api.ratelimit import TokenBucket
 from farmkit.api.settings import ApiSettings
 from farmkit.settings import Settings
@@ -54,6 +58,37 @@ class CatchAll:
                 await error_response(500, "internal_error", f"the server failed on this request (incident "
                                      f"{incident}); its log has the details. Report it with the incident id"
                                      )(scope, receive, send)
+
+
+class Redacting:
+    """No answer carries a known secret: each one in a response body becomes as many ``*`` (lengths,
+    and so Content-Length, stay as they were). The error handlers redact what they render already;
+    this is the last line, for text that reaches an answer some other way (a runner's log lines)."""
+
+    def __init__(self, app, redactor: Redactor):
+        self.app, self.redactor = app, redactor
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.redactor.secrets:
+            return await self.app(scope, receive, send)
+
+        async def sending(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": self.redactor.known(message["body"])}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def _redact_logs(redactor: Redactor, names=("farmkit.api", "uvicorn.error")) -> None:
+    # One filter per logger, holding the secrets of every app made in this process.
+    for name in names:
+        logger = logging.getLogger(name)
+        present = next((f for f in logger.filters if isinstance(f, RedactingFilter)), None)
+        if present is None:
+            logger.addFilter(RedactingFilter(redactor))
+        else:
+            present.redactor = present.redactor.union(redactor)
 
 
 class BodyLimit:
@@ -147,16 +182,19 @@ def _redis(settings: Settings):
 
 
 def create_app(settings: Settings | None = None, api: ApiSettings | None = None, *, store=None, agents=None,
-               orchestrator=None, auth=None, redis=None, broker=None) -> FastAPI:
+               orchestrator=None, auth=None, redis=None, broker=None, sandbox=None) -> FastAPI:
     """The REST API over these settings. Every part can be passed in (tests do); by default each is
     built from the settings: the FMEL store (FARM_STORE), agents (FARM_API_AGENTS), the orchestrator
-    (FARM_API_ORCHESTRATOR), auth (FARM_API_AUTH), Redis (FARM_REDIS) and the broker (FARM_BROKER).
+    (FARM_API_ORCHESTRATOR), auth (FARM_API_AUTH), Redis (FARM_REDIS), the broker (FARM_BROKER) and the
+    sandbox uploaded notebooks are checked in (FARM_API_SANDBOX).
 
     >>> app = create_app(Settings.from_env(), ApiSettings(token="s3cret"))
     """
     from farmkit.ops.agents import open_agent_store
     from farmkit.api.broker import BrokerView
-    from farmkit.api.routes import router
+    from farmkit.api.checks import Checks, FolderRecords, RedisRecords
+    from farmkit.api.routes import _agent_json, router
+    from farmkit.api.sandbox import open_sandbox
     from farmkit.fmel.stores import open_store
     from farmkit.ops.orchestrators import open_orchestrator
 
@@ -178,33 +216,51 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
         "ratelimit_errors": Counter("farm_api_ratelimit_errors", "Requests let through because Redis could "
                                     "not be asked", registry=registry),
     }
+    auth = auth or _auth(api)
     ctx = Context(settings=settings, api=api, store=store, agents=agents, orchestrator=orchestrator,
-                  auth=auth or _auth(api), redis=redis,
+                  auth=auth, redis=redis,
                   limiter=TokenBucket(redis, api.rate, api.burst) if redis is not None else None,
                   broker=broker or BrokerView(settings.broker), metrics=metrics)
+    # The secrets of this process's environment, the local token and the Redis URL's password.
+    redactor = Redactor.from_env(os.environ, extra=[api.token, getattr(auth, "token", None), settings.redis])
+    _redact_logs(redactor)
+    sandbox = sandbox if sandbox is not None else open_sandbox(api, settings, agents)
+    checks = Checks(sandbox, agents, RedisRecords(redis) if redis is not None else
+                    FolderRecords(settings.home / "api" / "checks"), settings.home / "api" / "uploads",
+                    redactor=redactor, workers=api.sandbox_workers, timeout=api.sandbox_timeout,
+                    describe=_agent_json)
 
-    app = FastAPI(title="The Farm API", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        checks.close()      # no check outlives the API
+
+    app = FastAPI(title="The Farm API", version=__version__, lifespan=lifespan,
                   description="Agents, paper trading, brokers, leaderboards and FMEL of The Farm. Send "
                   "`Authorization: Bearer TOKEN`: a Firebase ID token in the cloud, the token `farm serve` "
                   "printed on a laptop. Lists are paginated with `limit` and `offset`.")
     app.state.farm = ctx
+    app.state.checks = checks
     app.state.registry = registry
+
+    def answer(status: int, code: str, message: str, headers: dict | None = None):
+        return error_response(status, code, redactor.text(message), headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return answer(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5])
-        return error_response(422, "invalid_request", f"the request is not valid: {problems}")
+        return answer(422, "invalid_request", f"the request is not valid: {problems}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):
         hint = {404: f"no such endpoint {request.url.path}; /docs lists them",
                 405: f"{request.method} is not allowed on {request.url.path}; /docs lists what is"}
-        return error_response(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
-                              hint.get(exc.status_code, str(exc.detail)), getattr(exc, "headers", None))
+        return answer(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
+                      hint.get(exc.status_code, str(exc.detail)), getattr(exc, "headers", None))
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> dict:
@@ -219,7 +275,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
             ctx.store.runs.get("readyz-probe")
             checks["store"] = "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
-            checks["store"], ok = f"{type(exc).__name__}: {exc}"[:300], False
+            checks["store"], ok = redactor.text(f"{type(exc).__name__}: {exc}")[:300], False
         if ctx.redis is None:
             checks["redis"] = "off (FARM_REDIS=off: no leaderboards, no rate limits)"
         else:
@@ -227,7 +283,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
                 ctx.redis.ping()
                 checks["redis"] = "ok"
             except Exception as exc:  # noqa: BLE001
-                checks["redis"], ok = f"{type(exc).__name__}: {exc}"[:300], False
+                checks["redis"], ok = redactor.text(f"{type(exc).__name__}: {exc}")[:300], False
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["health"], response_class=Response,
@@ -238,6 +294,7 @@ def create_app(settings: Settings | None = None, api: ApiSettings | None = None,
 
     app.include_router(router, dependencies=[Depends(current_user)], responses=ERRORS)
     app.add_middleware(CatchAll)
+    app.add_middleware(Redacting, redactor=redactor)
     app.add_middleware(BodyLimit, limit=api.max_body)
     app.add_middleware(Metrics, requests=metrics["requests"], latency=metrics["latency"], errors=metrics["errors"])
     return app

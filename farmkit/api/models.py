@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +51,24 @@ class AgentCreate(BaseModel):
     force: bool = Field(False, description="replace an agent of yours with the same name")
     allow_overfit: bool = Field(False, description="promote even when the overfitting gate refuses (DSR below "
                                 "0.95 or PBO above 0.5); the manifest records that it was overridden")
+
+
+class AgentCheck(BaseModel):
+    """The check of an uploaded notebook, run in a sandbox: ``queued``, ``running``, then ``passed`` (the
+    agent is stored under its uploader) or ``failed`` (``error`` says why, in one line)."""
+
+    id: str
+    name: str = Field(description="the agent's name")
+    owner: str | None
+    state: Literal["queued", "running", "passed", "failed"]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None = Field(description="why the check failed, in one line; null unless it failed")
+    agent: Agent | None = Field(description="the stored agent, once the check passed")
+    sandbox: dict[str, Any] = Field(description="where the check runs and how it is isolated: network, filesystem, "
+                                    "processes, user, limits, and what could not be applied on this machine")
+    status_url: str = Field(description="where to follow the check: GET it until its state is passed or failed")
 
 
 class PaperStatus(BaseModel):

@@ -13,19 +13,21 @@ from typing import Annotated, Literal
 
 import nbformat
 import pandas as pd
-from fastapi import APIRouter, Depends, Path as PathParam, Query, Response
+from fastapi import APIRouter, Depends, Path as PathParam, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from farmkit import leaderboard
 from farmkit.api.context import ApiError, Context, context, current_user
 from farmkit.api.auth import User
 from farmkit.api.broker import NoBrokerState
-from farmkit.api.models import (AGENT_NAME, Account, Agent, AgentCreate, Boards, Comparison, DecisionRow,
+from farmkit.api.checks import Checks
+from farmkit.api.models import (AGENT_NAME, Account, Agent, AgentCheck, AgentCreate, Boards, Comparison, DecisionRow,
                                 Explanation, LeaderboardEntry, Logs, Order, Page, PaperStatus, Position, Rank, Run,
                                 TooShortEntry, WhyNot)
 from farmkit.errors import FarmError
 from farmkit.fmel import query
 from farmkit.ops.orchestrators import OrchestratorError
+from farmkit.research import notebooks
 
 router = APIRouter(prefix="/api")
 Ctx = Annotated[Context, Depends(context)]
@@ -97,12 +99,26 @@ def get_agent(ctx: Ctx, user: Me, name: Name):
     return _agent_json(_own_agent(ctx, user, name))
 
 
-@router.post("/agents", response_model=Agent, status_code=201, tags=["agents"])
-def create_agent(ctx: Ctx, user: Me, body: AgentCreate):
-    """Promote a notebook to an agent, with the checks of `farm promote`: it runs with its default
-    parameters, defines a Strategy, and its promoted copy decides exactly as it did. Takes as long
-    as two backtests of the notebook."""
-    from farmkit.ops.promote import PromoteError, promote
+def _checks(request: Request) -> Checks:
+    return request.app.state.checks
+
+
+CheckId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="a check's id (POST /api/agents gave it)")]
+
+
+def _check_json(record: dict) -> dict:
+    keys = ("id", "name", "owner", "state", "created_at", "started_at", "finished_at", "error", "agent", "sandbox")
+    return {**{k: record.get(k) for k in keys}, "status_url": f"/api/agents/checks/{record['id']}"}
+
+
+@router.post("/agents", response_model=AgentCheck, status_code=202, tags=["agents"])
+def create_agent(ctx: Ctx, user: Me, body: AgentCreate, checks: Annotated[Checks, Depends(_checks)],
+                 response: Response):
+    """Upload a notebook to promote to an agent. It is checked as `farm promote` checks (it runs with
+    its default parameters, defines a Strategy, and its promoted copy decides exactly as it did), in a
+    sandbox: no credentials, no network, nothing of the API's in sight, limited time and memory. The
+    answer (202) is the check, queued; follow `status_url` until it has passed (the agent is stored
+    under your name) or failed (`error` says why). It takes about as long as two backtests of it."""
     existing = ctx.agents.get(body.name)
     if existing is not None:
         if not user.owns(existing.owner):
@@ -115,17 +131,41 @@ def create_agent(ctx: Ctx, user: Me, body: AgentCreate):
     except Exception as exc:  # noqa: BLE001 - nbformat raises several kinds for a bad document
         raise ApiError(422, "invalid_notebook", f"notebook is not a valid .ipynb document: "
                        f"{str(exc).splitlines()[0][:300]}") from None
-    with tempfile.TemporaryDirectory(prefix="farm-promote-") as tmp:
-        source = Path(tmp) / "source.ipynb"
-        nbformat.write(notebook, source)
+    text = nbformat.writes(notebook)
+    with tempfile.TemporaryDirectory(prefix="farm-upload-") as tmp:
+        source = Path(tmp) / f"{body.name}.ipynb"     # its parameters cell is read (parsed, never run) here
+        source.write_text(text, encoding="utf-8")
         try:
-            agent = promote(source, body.name, agents_dir=Path(tmp) / "agents",
-                            settings=ctx.settings.replace(owner=user.uid, agent_uid=None),
-                            allow_overfit=body.allow_overfit)
-        except PromoteError as exc:
-            raise ApiError(422, "promotion_failed", str(exc)) from None
-        record = ctx.agents.put(body.name, agent.path, owner=user.uid)
-    return _agent_json(record)
+            notebooks.parameters(source)
+        except notebooks.NotebookError as exc:
+            raise ApiError(422, "promotion_failed", f"cannot promote: {str(exc).replace(str(source), 'the notebook')}"
+                           ) from None
+    isolation = checks.sandbox.isolation
+    if not user.admin and not isolation.get("filesystem"):
+        # Without a jail a notebook could read the API's files and processes; only the machine's owner
+        # (the local token) may run their own notebooks so.
+        why = "; ".join(sorted(set((isolation.get("not_applied") or {}).values()))) or "no jail"
+        raise ApiError(503, "sandbox_unavailable", f"uploaded notebooks cannot be checked safely here ({why}); "
+                       "the API needs Linux with unshare (util-linux) for its sandbox, or FARM_API_SANDBOX="
+                       "kubernetes://NAMESPACE")
+    record = checks.submit(body.name, owner=user.uid, admin=user.admin, notebook=text.encode("utf-8"),
+                           force=body.force, allow_overfit=body.allow_overfit)
+    answer = _check_json(record)
+    response.headers["Location"] = answer["status_url"]
+    return answer
+
+
+@router.get("/agents/checks/{check_id}", response_model=AgentCheck, tags=["agents"])
+def agent_check(user: Me, check_id: CheckId, checks: Annotated[Checks, Depends(_checks)]):
+    """The check of an uploaded notebook: queued, running, passed (with the stored agent) or failed
+    (with why, in one line). Only its uploader sees it."""
+    record = checks.get(check_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no check {check_id!r}; POST /api/agents starts one (checks are kept "
+                       "a week)")
+    if not user.owns(record.get("owner")):
+        raise ApiError(403, "forbidden", f"check {check_id!r} is another user's")
+    return _check_json(record)
 
 
 @router.delete("/agents/{name}", status_code=204, tags=["agents"])

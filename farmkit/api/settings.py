@@ -27,6 +27,12 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     # microsoft.com, anonymous, ...); email domains, when set, also need a verified address in one.
     "FARM_API_SIGN_IN_PROVIDERS": ("sign_in_providers", "google.com,password"),
     "FARM_API_EMAIL_DOMAINS": ("email_domains", ""),
+    # Where uploaded notebooks are checked: local (a sandboxed child process) | kubernetes[://NAMESPACE]
+    # (a Job on gVisor in that namespace, default farm-sandbox); its time limit, memory and how many at once.
+    "FARM_API_SANDBOX": ("sandbox", "local"),
+    "FARM_API_SANDBOX_TIMEOUT": ("sandbox_timeout", "900"),     # seconds of wall clock per check
+    "FARM_API_SANDBOX_MEMORY": ("sandbox_memory", "6144"),      # MiB: a pod's limit, a process's address space
+    "FARM_API_SANDBOX_WORKERS": ("sandbox_workers", "2"),       # checks run at once; the others wait
 }
 
 
@@ -50,6 +56,10 @@ class ApiSettings:
     max_body: int = 5 * 1024 * 1024
     sign_in_providers: tuple[str, ...] = ("google.com", "password")
     email_domains: tuple[str, ...] = ()
+    sandbox: str = "local"
+    sandbox_timeout: float = 900.0
+    sandbox_memory: int = 6144
+    sandbox_workers: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ApiSettings":
@@ -61,7 +71,10 @@ class ApiSettings:
         for name in ("sign_in_providers", "email_domains"):
             values[name] = tuple(part.strip() for part in values[name].split(",") if part.strip())
         for var, name, kind in (("FARM_API_RATE", "rate", float), ("FARM_API_BURST", "burst", float),
-                                ("FARM_API_MAX_BODY", "max_body", int)):
+                                ("FARM_API_MAX_BODY", "max_body", int),
+                                ("FARM_API_SANDBOX_TIMEOUT", "sandbox_timeout", float),
+                                ("FARM_API_SANDBOX_MEMORY", "sandbox_memory", int),
+                                ("FARM_API_SANDBOX_WORKERS", "sandbox_workers", int)):
             try:
                 values[name] = kind(values[name])
                 if not values[name] > 0:
@@ -76,6 +89,11 @@ class ApiSettings:
         if self.auth == "firebase" and not self.sign_in_providers:
             raise ConfigError("FARM_API_SIGN_IN_PROVIDERS is empty: nobody could sign in; name the providers "
                               "to allow, e.g. google.com,password")
+        if self.sandbox != "local" and not (self.sandbox == "kubernetes" or self.sandbox.startswith("kubernetes://")):
+            raise ConfigError(f"FARM_API_SANDBOX must be local or kubernetes://NAMESPACE, got {self.sandbox!r}")
+        if not (self.sandbox_timeout > 0 and self.sandbox_memory > 0 and self.sandbox_workers > 0):
+            raise ConfigError("FARM_API_SANDBOX_TIMEOUT, FARM_API_SANDBOX_MEMORY and FARM_API_SANDBOX_WORKERS "
+                              "must be numbers > 0")
         if self.auth == "firebase" and not self.project:
             raise ConfigError("FARM_API_AUTH=firebase needs FARM_API_PROJECT, the Firebase project id "
                               "(the audience of its ID tokens)")

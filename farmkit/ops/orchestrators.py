@@ -7,17 +7,24 @@ machine, or the agent's StatefulSet on Kubernetes.
     orchestrator.stop("sma-crossover")                       # SIGTERM: the runner stops cleanly
 
 Both record who started a session (its owner); the REST API lets only that user control it.
+
+:class:`KubernetesSandbox` is the GKE side of the REST API's sandbox (``farmkit.api.sandbox``): the check
+of an uploaded notebook as a Job in a namespace of its own, on gVisor, without credentials.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import gzip
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -216,6 +223,16 @@ def manifests(rendered) -> list[dict]:
     return objects
 
 
+def _kubernetes():
+    """The ``kubernetes.client`` module, configured in-cluster or from ``~/.kube/config``."""
+    from kubernetes import client, config
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client
+
+
 class KubernetesOrchestrator:
     """Each agent's paper run is its StatefulSet (``render_agent(agent_dir)`` from :mod:`farmkit.ops.deploy`,
     the same templates as ``k8s/``), created and deleted through the official ``kubernetes`` client.
@@ -226,11 +243,7 @@ class KubernetesOrchestrator:
     def __init__(self, agents, namespace: str = "default", *, apps=None, core=None,
                  render: Callable | None = None, render_options: dict | None = None):
         if apps is None or core is None:
-            from kubernetes import client, config
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
+            client = _kubernetes()
             apps, core = apps or client.AppsV1Api(), core or client.CoreV1Api()
         self.agents, self.namespace, self.apps, self.core = agents, namespace, apps, core
         self.render = render or _default_render
@@ -327,6 +340,167 @@ class KubernetesOrchestrator:
                 return []
             raise
         return text.splitlines()[-lines:] if lines else []
+
+
+# --- the sandbox of uploaded notebooks, on Kubernetes ------------------------------------------------------
+
+SANDBOX_NAMESPACE = "farm-sandbox"
+SANDBOX_RESULT = "farm-sandbox-result "      # the line a sandbox worker ends with: this, then its outcome's JSON
+CHECK_LABEL = "thefarm.dev/check"
+_MAX_UPLOAD = 1_000_000        # a ConfigMap holds at most 1 MiB
+
+
+@dataclass(frozen=True)
+class SandboxRun:
+    """What one sandboxed check gave: the worker's outcome (None when it printed none), its exit code,
+    whether the time limit ended it, the last lines it printed, and the isolation it ran under."""
+
+    result: dict | None
+    exit_code: int | None
+    timed_out: bool
+    output: str = ""
+    isolation: dict = field(default_factory=dict)
+
+
+def sandbox_output(text: str, keep: int = 20) -> tuple[dict | None, str]:
+    """The outcome a sandbox worker printed last, parsed, and the last ``keep`` other lines."""
+    result, others = None, collections.deque(maxlen=keep)
+    for line in text.splitlines():
+        if line.startswith(SANDBOX_RESULT):
+            try:
+                found = json.loads(line[len(SANDBOX_RESULT):])
+            except json.JSONDecodeError:
+                continue
+            result = found if isinstance(found, dict) else result
+        elif line.strip():
+            others.append(line[:500])
+    return result, "\n".join(others)
+
+
+class KubernetesSandbox:
+    """Each check is a Job in a namespace of its own (``farm-sandbox``): the runner image under gVisor
+    (``runtimeClassName: gvisor``, GKE Sandbox), no service-account token, no Workload Identity, no
+    environment from ConfigMaps or Secrets, a read-only root, resource limits and a deadline; the
+    namespace's NetworkPolicy denies all egress (``k8s/base/sandbox``). The upload goes in as a
+    ConfigMap mounted read-only; the outcome comes back as the last line of the pod's log.
+
+    ``batch`` and ``core`` are ``kubernetes.client.BatchV1Api`` / ``CoreV1Api`` (default: from the
+    in-cluster configuration, or ``~/.kube/config``)."""
+
+    kind = "kubernetes"
+
+    def __init__(self, namespace: str = SANDBOX_NAMESPACE, *, image: str | None = None, timeout: float = 900.0,
+                 memory_mib: int = 4096, cpu: str = "1", batch=None, core=None, poll: float = 2.0,
+                 service_account: str = "farm-sandbox", runtime_class: str = "gvisor"):
+        if batch is None or core is None:
+            client = _kubernetes()
+            batch, core = batch or client.BatchV1Api(), core or client.CoreV1Api()
+        if image is None:
+            from farmkit.ops.deploy import DEFAULT_IMAGE
+            image = DEFAULT_IMAGE
+        self.namespace, self.image, self.timeout, self.memory_mib, self.cpu = namespace, image, timeout, memory_mib, cpu
+        self.batch, self.core, self.poll = batch, core, poll
+        self.service_account, self.runtime_class = service_account, runtime_class
+
+    @property
+    def isolation(self) -> dict:
+        return {"kind": self.kind, "namespace": self.namespace, "runtime_class": self.runtime_class,
+                "network": True, "filesystem": True, "processes": True, "user": "10001 (non-root)",
+                "environment": "allow-list", "service_account_token": False,
+                "limits": {"seconds": self.timeout, "memory_mib": self.memory_mib, "cpu": self.cpu},
+                "not_applied": {}}
+
+    def manifests(self, check_id: str, notebook: bytes, *, name: str, allow_overfit: bool) -> list[dict]:
+        """The ConfigMap carrying the upload and the Job checking it, in the order to create them."""
+        packed = gzip.compress(notebook, mtime=0)
+        if len(packed) > _MAX_UPLOAD:
+            raise OrchestratorError(f"the notebook is {len(packed):,} bytes compressed: too big for the sandbox "
+                                    "(1 MiB); clear its outputs or move data it embeds to files it reads")
+        job = f"farm-check-{check_id[:20]}"
+        labels = {"app.kubernetes.io/name": "farm-sandbox", "app.kubernetes.io/component": "sandbox",
+                  "app.kubernetes.io/part-of": "the-farm", CHECK_LABEL: check_id[:63]}
+        meta = {"name": job, "namespace": self.namespace, "labels": labels}
+        config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+                  "binaryData": {"notebook.ipynb.gz": base64.b64encode(packed).decode()}}
+        command = ["python", "-m", "farmkit.api.sandbox", "check", "/upload/notebook.ipynb.gz", "--name", name]
+        if allow_overfit:
+            command.append("--allow-overfit")
+        env = {"HOME": "/tmp", "TMPDIR": "/tmp", "FARM_HOME": "/var/lib/farm", "FARM_REDIS": "off",
+               "FARM_PROGRESS": "off", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"}
+        container = {
+            "name": "check", "image": self.image, "imagePullPolicy": "Always", "command": command,
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "resources": {"requests": {"cpu": "250m", "memory": "512Mi", "ephemeral-storage": "256Mi"},
+                          "limits": {"cpu": self.cpu, "memory": f"{self.memory_mib}Mi", "ephemeral-storage": "2Gi"}},
+            "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "upload", "mountPath": "/upload", "readOnly": True},
+                             {"name": "farm-home", "mountPath": "/var/lib/farm"}, {"name": "tmp", "mountPath": "/tmp"}]}
+        pod = {
+            "restartPolicy": "Never", "runtimeClassName": self.runtime_class,
+            "serviceAccountName": self.service_account, "automountServiceAccountToken": False,
+            "enableServiceLinks": False, "hostNetwork": False, "hostPID": False, "hostIPC": False,
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [container],
+            "volumes": [{"name": "upload", "configMap": {"name": job, "defaultMode": 0o444}},
+                        {"name": "farm-home", "emptyDir": {"sizeLimit": "1Gi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]}
+        spec = {"backoffLimit": 0, "activeDeadlineSeconds": int(self.timeout), "ttlSecondsAfterFinished": 3600,
+                "template": {"metadata": {"labels": dict(labels)}, "spec": pod}}
+        return [config, {"apiVersion": "batch/v1", "kind": "Job", "metadata": dict(meta), "spec": spec}]
+
+    def start(self, check_id: str, notebook: bytes, *, name: str, allow_overfit: bool) -> str:
+        """Create the check's ConfigMap and Job; the Job's name."""
+        config, job = self.manifests(check_id, notebook, name=name, allow_overfit=allow_overfit)
+        self.core.create_namespaced_config_map(namespace=self.namespace, body=config)
+        self.batch.create_namespaced_job(namespace=self.namespace, body=job)
+        return job["metadata"]["name"]
+
+    def finished(self, job: str) -> str | None:
+        """``succeeded``, ``failed``, ``deadline`` (its time limit ended it), or None while it runs."""
+        status = self.batch.read_namespaced_job(job, self.namespace).status
+        if status is None:
+            return None
+        if any(c.type == "Failed" and c.status == "True" and c.reason == "DeadlineExceeded"
+               for c in status.conditions or ()):
+            return "deadline"
+        if (status.succeeded or 0) > 0:
+            return "succeeded"
+        return "failed" if (status.failed or 0) > 0 else None
+
+    def collect(self, job: str, check_id: str) -> str:
+        """The log of the Job's pod (empty when it has none), then the Job, its pod and ConfigMap deleted."""
+        from kubernetes.client.exceptions import ApiException
+        text = ""
+        try:
+            pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{CHECK_LABEL}={check_id[:63]}")
+            for pod in pods.items:
+                text = self.core.read_namespaced_pod_log(pod.metadata.name, self.namespace) or text
+        finally:
+            for delete, kwargs in ((self.batch.delete_namespaced_job, {"propagation_policy": "Background"}),
+                                   (self.core.delete_namespaced_config_map, {})):
+                try:
+                    delete(name=job, namespace=self.namespace, **kwargs)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        return text
+
+    def check(self, check_id: str, notebook: bytes, *, name: str, allow_overfit: bool) -> SandboxRun:
+        """Run one check to its end: start, wait (at most the time limit and a minute), collect."""
+        job = self.start(check_id, notebook, name=name, allow_overfit=allow_overfit)
+        deadline, state = time.monotonic() + self.timeout + 60, None
+        try:
+            while state is None and time.monotonic() < deadline:
+                state = self.finished(job)
+                if state is None:
+                    time.sleep(self.poll)
+        finally:
+            result, output = sandbox_output(self.collect(job, check_id))
+        return SandboxRun(result=result, exit_code={"succeeded": 0, "failed": 1}.get(state),
+                          timed_out=state in (None, "deadline"), output=output, isolation=self.isolation)
 
 
 def open_orchestrator(spec: str, settings: Settings, agents, *, runner_image: str | None = None) -> Orchestrator:

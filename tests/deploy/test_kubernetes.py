@@ -200,7 +200,11 @@ def test_pods_run_as_non_root_read_only_without_capabilities(rendered):
 def test_service_accounts_use_workload_identity_and_mount_no_token(rendered):
     for folder in ("overlays/dev", "overlays/prod", "base"):
         accounts = {d["metadata"]["name"]: d for d in rendered[folder] if d["kind"] == "ServiceAccount"}
+        sandbox = accounts.pop("farm-sandbox", None)
         assert set(accounts) == {"farm-ingester", "farm-agent", "farm-sweep", "farm-api"}
+        assert (sandbox is not None) is folder.startswith("overlays/")
+        if sandbox is not None:     # the checks of uploaded notebooks: no Google account, no token
+            assert not sandbox["metadata"].get("annotations") and sandbox["automountServiceAccountToken"] is False
         for name, sa in accounts.items():
             gsa = sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
             assert gsa.endswith(".iam.gserviceaccount.com")
@@ -317,3 +321,81 @@ def test_the_archive_runs_farm_archive_on_the_ingester_image(rendered, overlay):
     assert archive["serviceAccountName"] == "farm-ingester"    # Pub/Sub subscriber, BigQuery writer
     from farmkit.cli import _parser
     assert _parser().parse_args(container["command"][3:]).command == "archive"
+
+
+# --- the sandbox of uploaded notebooks --------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay, farm, sandbox", [("overlays/dev", "farm-dev", "farm-dev-sandbox"),
+                                                     ("overlays/prod", "farm", "farm-sandbox")])
+def test_the_sandbox_is_a_namespace_of_its_own_with_no_egress(rendered, overlay, farm, sandbox):
+    docs = rendered[overlay]
+    namespaces = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Namespace"}
+    assert set(namespaces) == {farm, sandbox}
+    assert namespaces[sandbox]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    inside = [d for d in docs if d["metadata"].get("namespace") == sandbox]
+    assert {d["kind"] for d in inside} == {"NetworkPolicy", "ServiceAccount", "Role", "RoleBinding", "ResourceQuota",
+                                           "LimitRange"}
+    (policy,) = [d for d in inside if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}   # nothing in, nothing out
+    # The API creates Jobs in the sandbox and nowhere else; no Role anywhere reads Secrets.
+    api = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}["farm-api"]["data"]
+    assert api["FARM_API_SANDBOX"] == f"kubernetes://{sandbox}"
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Role"}
+    creates_jobs = {ns for (ns, _), role in roles.items() for rule in role["rules"]
+                    if "batch" in rule["apiGroups"] and "jobs" in rule["resources"] and "create" in rule["verbs"]}
+    assert creates_jobs == {sandbox}
+    assert not any("secrets" in rule["resources"] for role in roles.values() for rule in role["rules"])
+    (binding,) = [d for d in inside if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] in {name for ns, name in roles if ns == sandbox}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "farm-api", "namespace": farm}]
+    assert {d["kind"] for d in docs if d["kind"] == "ClusterRoleBinding"} == set()
+
+
+def test_a_sandbox_job_has_no_credentials_no_token_and_runs_on_gvisor(rendered, validate):
+    from farmkit.ops.orchestrators import KubernetesSandbox
+    # No cluster here: the API clients are never called to build the manifests.
+    sandbox = KubernetesSandbox("farm-sandbox", image="us-central1-docker.pkg.dev/my-project/farm/runner:0.1.0",
+                                timeout=600, memory_mib=4096, batch=object(), core=object())
+    notebook = (AGENT / "agent.ipynb").read_bytes()
+    config, job = sandbox.manifests("0123456789abcdef0123456789abcdef", notebook, name="sma-cross",
+                                    allow_overfit=True)
+    for doc in (config, job):
+        validate(doc)
+        assert doc["metadata"]["namespace"] == "farm-sandbox"
+    import base64
+    import gzip
+    assert gzip.decompress(base64.b64decode(config["binaryData"]["notebook.ipynb.gz"])) == notebook
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 600 and spec["ttlSecondsAfterFinished"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["runtimeClassName"] == "gvisor" and pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False and not any(pod[k] for k in ("hostNetwork", "hostPID", "hostIPC"))
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] >= 10000
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    # its service account is the sandbox's own, bound to nothing and with no Google account
+    accounts = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in rendered["overlays/prod"]
+                if d["kind"] == "ServiceAccount"}
+    assert ("farm-sandbox", pod["serviceAccountName"]) in accounts
+    bound = {s["name"] for d in rendered["overlays/prod"] if d["kind"] == "RoleBinding" for s in d["subjects"]}
+    assert pod["serviceAccountName"] not in bound
+    (container,) = pod["containers"]
+    assert container["command"][:4] == ["python", "-m", "farmkit.api.sandbox", "check"]
+    assert container["command"][-3:] == ["--name", "sma-cross", "--allow-overfit"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["privileged"] is False
+    # no credential reaches it: no envFrom, no value from a Secret or the API, no Secret or projected volume
+    assert "envFrom" not in container and all(set(e) == {"name", "value"} for e in container["env"])
+    env = {e["name"]: e["value"] for e in container["env"]}
+    from farmkit.api.redact import secret_name
+    assert not [name for name in env if secret_name(name) or name.startswith(("APCA_", "GOOGLE_", "AWS_"))]
+    assert env["FARM_REDIS"] == "off" and env["HOME"] == "/tmp"
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp", env["FARM_HOME"], "/upload"}
+    assert {next(k for k in v if k != "name") for v in pod["volumes"]} == {"configMap", "emptyDir"}
+    # within the sandbox namespace's LimitRange
+    (limit_range,) = [d for d in rendered["overlays/prod"] if d["kind"] == "LimitRange"]
+    most = limit_range["spec"]["limits"][0]["max"]
+    assert container["resources"]["limits"]["memory"] == "4096Mi" and int(most["memory"].removesuffix("Gi")) >= 4
+    assert float(container["resources"]["limits"]["cpu"]) <= float(most["cpu"])
+    with pytest.raises(Exception, match="too big for the sandbox"):
+        sandbox.manifests("0" * 32, os.urandom(1_100_000), name="big", allow_overfit=False)

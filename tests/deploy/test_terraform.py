@@ -199,7 +199,7 @@ def test_workload_identity_matches_the_kubernetes_service_accounts(local, resour
     assert gsa["farm-api"] == "farm-api" and "farm-api" in local["api_ksas"]
     assert resources["google_service_account", "workloads"]["account_id"] == "${local.name}-workloads"
     assert local["name"] == "farm"
-    overlays = {yaml.safe_load((K8S / "overlays" / o / "kustomization.yaml").read_text())["namespace"]
+    overlays = {yaml.safe_load((K8S / "overlays" / o / "farm" / "kustomization.yaml").read_text())["namespace"]
                 for o in ("dev", "prod")}
     assert overlays == set(local["namespaces"])
 

@@ -4,6 +4,8 @@ limits, FMEL of real backtests in the embedded store, agents in a folder."""
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -17,6 +19,7 @@ from farmkit.fmel.stores import open_store
 from farmkit.live import checkpoint
 from farmkit.ops.agents import LocalAgentStore
 from farmkit.api import ApiSettings, create_app
+from tests.conftest import need
 from tests.integration.test_promote import TINY_STRATEGY
 from tests.jwks_server import JwksServer, new_key
 from tests.local_process import free_port
@@ -25,6 +28,28 @@ from tests.unit.test_engine import TrackedCross
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "farm-test"
+
+
+def create_agent(client, body, headers, *, timeout=120.0):
+    """POST /api/agents and follow its check (202, then its status URL) until it has an outcome. Returns
+    every answer, the last one being the outcome (an answer that is no 202 is its own outcome)."""
+    answers = []
+
+    def ask():
+        answers.append(client.post("/api/agents", json=body, headers=headers))
+        if answers[-1].status_code != 202:
+            return
+        url = answers[-1].json()["status_url"]
+        while True:
+            time.sleep(0.2)     # a poll interval
+            answers.append(client.get(url, headers=headers))
+            if answers[-1].status_code != 200 or answers[-1].json()["state"] in ("passed", "failed"):
+                return
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout)
+    assert not asking.is_alive(), f"POST /api/agents had no outcome after {timeout:.0f} s: {answers[-1:]}"
+    return answers
 
 
 def add_agent(store, name, owner):
@@ -278,6 +303,8 @@ def test_paper_status_before_any_start_and_a_stop_that_has_nothing_to_stop(world
 
 def test_creating_an_agent_runs_the_promote_checks(world, jwks, tmp_path):
     client = world["client"]
+    isolation = world["app"].state.checks.sandbox.isolation     # other users' uploads need the jail
+    need(isolation["filesystem"], f"this machine cannot jail a check: {isolation['not_applied'].get('filesystem')}")
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("days = 1")
     params.metadata["tags"] = ["parameters"]
@@ -285,15 +312,22 @@ def test_creating_an_agent_runs_the_promote_checks(world, jwks, tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     body = {"name": "alice-tiny", "notebook": json.loads(nbformat.writes(nb))}
     # A day of random bars is luck: refused by the overfitting gate unless overridden.
-    assert_error(client.post("/api/agents", json=body, headers=headers(jwks)), 422, "promotion_failed",
-                 "farm promote --allow-overfit")
+    refused = create_agent(client, body, headers(jwks))
+    assert refused[0].status_code == 202 and refused[0].json()["state"] in ("queued", "running"), refused[0].text
+    assert refused[-1].json()["state"] == "failed" and "farm promote --allow-overfit" in refused[-1].json()["error"]
     body["allow_overfit"] = True
-    created = client.post("/api/agents", json=body, headers=headers(jwks))
-    assert created.status_code == 201, created.text
-    agent = created.json()
+    created = create_agent(client, body, headers(jwks))
+    check = created[-1].json()
+    assert created[-1].status_code == 200 and check["state"] == "passed", check
+    agent = check["agent"]
     assert (agent["owner"], agent["strategy"], agent["manifest"]["verification"]["bars"]) == ("alice", "Tiny", 390)
     assert agent["manifest"]["overfitting"]["overridden"] is True
     assert (world["agents"].root / "alice-tiny" / "agent.ipynb").exists()
+    assert client.get("/api/agents/alice-tiny", headers=headers(jwks)).json()["manifest"] == agent["manifest"]
+    # A check is its uploader's alone.
+    url = created[0].headers["location"]
+    assert_error(client.get(url, headers=headers(jwks, "bob")), 403, "forbidden", "another user")
+    assert_error(client.get("/api/agents/checks/" + "0" * 32, headers=headers(jwks)), 404, "not_found")
     assert_error(client.post("/api/agents", json=body, headers=headers(jwks)), 409, "exists", "force=true")
     assert_error(client.post("/api/agents", json={**body, "force": True}, headers=headers(jwks, "bob")), 403)
     assert_error(client.get("/api/agents/alice-tiny", headers=headers(jwks, "bob")), 403)

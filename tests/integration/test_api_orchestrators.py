@@ -122,6 +122,7 @@ class RecordedKubernetesApi:
         self.objects: dict[str, dict] = {}
         self.logs: dict[str, str] = {}
         self.calls: list[tuple[str, str, dict, object]] = []
+        self.on_create: dict[str, object] = {}     # resource -> what happens in the cluster when one is created
 
     def request(self, method, url, headers=None, body=None, post_params=None, _request_timeout=None):
         from kubernetes.client.rest import RESTResponse
@@ -139,10 +140,17 @@ class RecordedKubernetesApi:
             obj = copy.deepcopy(body)
             obj["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp="2026-01-02T03:04:05Z")
             self.objects[key] = obj
+            if path.rsplit("/", 1)[1] in self.on_create:
+                self.on_create[path.rsplit("/", 1)[1]](obj)
             return _Reply(201, obj)
         if method == "GET" and path.endswith("/log"):
             text = self.logs.get(path[:-len("/log")])
             return _Reply(200, text.encode(), "text/plain") if text is not None else _Reply(404, status_404)
+        if method == "GET" and path.rsplit("/", 1)[1] in ("pods", "jobs", "configmaps"):     # a list
+            wanted = dict(pair.split("=", 1) for pair in query.get("labelSelector", [""])[0].split(",") if pair)
+            items = [o for key, o in self.objects.items() if key.rsplit("/", 1)[0] == path
+                     and wanted.items() <= (o["metadata"].get("labels") or {}).items()]
+            return _Reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
         if path not in self.objects:
             return _Reply(404, status_404)
         if method == "GET":
@@ -250,3 +258,81 @@ def test_farm_api_runner_image_is_the_image_of_the_agents_pods(cluster, tmp_path
     orchestrator.start("sma-crossover", owner="alice")
     sts = api.objects[STS]
     assert {c["image"] for c in sts["spec"]["template"]["spec"]["containers"]} == {image}
+
+
+# --- the sandbox of uploaded notebooks, on Kubernetes -------------------------------------------------------
+
+def _sandbox(api, **kwargs):
+    from kubernetes import client
+
+    from farmkit.ops.orchestrators import KubernetesSandbox
+    api_client = client.ApiClient(client.Configuration(host="https://kubernetes.invalid"))
+    api_client.rest_client = api
+    return KubernetesSandbox("farm-sandbox", image="registry.example/runner:1", batch=client.BatchV1Api(api_client),
+                             core=client.CoreV1Api(api_client), poll=0.01, **kwargs)
+
+
+def _runs(api, *, status: dict, log: str | None):
+    """When a Job is created, it has run: its status is ``status``, its pod's log ``log``."""
+    def run(job):
+        meta = job["metadata"]
+        pod = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}-x7k2p"
+        api.objects[pod] = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{meta['name']}-x7k2p", "namespace": meta["namespace"],
+            "labels": job["spec"]["template"]["metadata"]["labels"]}}
+        if log is not None:
+            api.logs[pod] = log
+        api.objects[f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}"]["status"] = status
+    api.on_create["jobs"] = run
+
+
+def test_a_check_on_kubernetes_is_a_sandbox_job_whose_log_brings_the_agent_back(tmp_path):
+    import base64
+    import gzip
+
+    from farmkit.ops.orchestrators import CHECK_LABEL, SANDBOX_RESULT
+    from tests.integration.test_api import create_agent
+    api = RecordedKubernetesApi()
+    files = {f: base64.b64encode(gzip.compress((AGENT / f).read_bytes())).decode()
+             for f in ("agent.ipynb", "agent.yaml", "requirements.lock")}
+    # What the worker prints, after whatever the notebook printed (a forged outcome would come earlier).
+    _runs(api, status={"succeeded": 1}, log=f"{SANDBOX_RESULT}{{\"passed\": false}}\nnoise\n"
+                                            f"{SANDBOX_RESULT}{json.dumps({'passed': True, 'files': files})}\n")
+    sandbox = _sandbox(api)
+    settings = fk.Settings.from_env({"FARM_HOME": str(tmp_path / "farm"), "FARM_REDIS": "off"})
+    agents = LocalAgentStore(tmp_path / "agents")
+    app = create_app(settings, ApiSettings(token="t"), agents=agents, sandbox=sandbox)
+    notebook = json.loads((AGENT / "agent.ipynb").read_text())
+    answers = create_agent(TestClient(app), {"name": "sma-crossover", "notebook": notebook}, AUTH)
+    check = answers[-1].json()
+    assert check["state"] == "passed", check
+    assert check["sandbox"]["kind"] == "kubernetes" and check["sandbox"]["runtime_class"] == "gvisor"
+    assert agents.get("sma-crossover").owner == "local" and check["agent"]["strategy"] == "SmaCross"
+    assert (agents.root / "sma-crossover" / "agent.ipynb").read_bytes() == (AGENT / "agent.ipynb").read_bytes()
+    created = [(path, body) for method, path, _, body in api.calls if method == "POST"]
+    assert [p for p, _ in created] == ["/api/v1/namespaces/farm-sandbox/configmaps",
+                                       "/apis/batch/v1/namespaces/farm-sandbox/jobs"]
+    job = created[1][1]
+    assert job["spec"]["template"]["spec"]["runtimeClassName"] == "gvisor"
+    assert job["metadata"]["labels"][CHECK_LABEL] == check["id"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/runner:1"
+    listed = [q for method, path, q, _ in api.calls if method == "GET" and path.endswith("/pods")]
+    assert listed == [{"labelSelector": [f"{CHECK_LABEL}={check['id']}"]}]
+    deleted = sorted(path for method, path, _, _ in api.calls if method == "DELETE")
+    assert deleted == [f"/api/v1/namespaces/farm-sandbox/configmaps/{job['metadata']['name']}",
+                       f"/apis/batch/v1/namespaces/farm-sandbox/jobs/{job['metadata']['name']}"]
+    try:
+        import kubernetes_validate
+    except ImportError:
+        return
+    for _, body in created:
+        kubernetes_validate.validate(body, "1.32.0", strict=True)
+
+
+def test_a_sandbox_job_past_its_deadline_is_a_timed_out_check():
+    api = RecordedKubernetesApi()
+    _runs(api, status={"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]},
+          log="still looping\n")
+    run = _sandbox(api, timeout=30).check("ab" * 16, b"{}", name="forever", allow_overfit=False)
+    assert run.timed_out and run.result is None and run.output == "still looping"
+    assert not [p for p in api.objects if "/jobs/" in p or "/configmaps/" in p]     # cleaned up

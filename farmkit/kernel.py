@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from farmkit import leaderboard
+from farmkit.redact import Redactor
 from farmkit.brokers.config import BrokerConfig
 from farmkit.data.bars import Bars
 from farmkit.errors import DataError, ParameterError, ShadowedParameter, StrategyError
@@ -311,9 +312,11 @@ class Run:
             self._ended("interrupted")
             raise
         except Exception as exc:
-            text = traceback.format_exc()
+            # No credential of the environment in FMEL, the registry or the message (a pod's logs).
+            redactor = Redactor.from_env()
+            text, said = redactor.text(traceback.format_exc()), redactor.text(f"{type(exc).__name__}: {exc}")
             short = self._too_short() if self.mode == "backtest" else None
-            bar = recorder.on_error(exc, text) if recorder.strategy is not None and short is None else None
+            bar = recorder.on_error(exc, text, reason=said) if recorder.strategy is not None and short is None else None
             when = (pd.Timestamp(recorder.timestamps[-1] - 719163.0, unit="D", tz="UTC").round("ms")
                     if bar is not None else None)
             recorder.flush()
@@ -322,7 +325,7 @@ class Run:
             if short is not None:
                 raise DataError(short) from exc
             where = f" at bar {bar} ({when})" if bar is not None else " before the first bar"
-            raise StrategyError(f"{self.name} raised {type(exc).__name__}: {exc}{where}. "
+            raise StrategyError(f"{self.name} raised {said}{where}. "
                                 f"FMEL up to that bar is kept in run {self.run_id}; "
                                 f"fk.fmel.explain({self.run_id!r}, bar={bar}) shows it.",
                                 run_id=self.run_id, bar_number=bar, timestamp=when, traceback_text=text) from exc

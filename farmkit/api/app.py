@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from farmkit.api.auth import FirebaseAuth, LocalTokenAuth, SigningKeys
 from farmkit.api.context import ERRORS, ApiError, Context, current_user, error_response
 from farmkit.api.models import Health
-from farmkit.api.redact import Redactor, RedactingFilter
+from farmkit.redact import Redactor, RedactingFilter
 from farmkit.api.ratelimit import TokenBucket
 from farmkit.api.settings import ApiSettings
 from farmkit.settings import Settings

@@ -31,7 +31,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from farmkit.api.redact import Redactor
+from farmkit.redact import Redactor
 from farmkit.errors import FarmError
 from farmkit.live import checkpoint
 

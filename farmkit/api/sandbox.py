@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from farmkit.api.redact import Redactor, secret_name
+from farmkit.redact import Redactor, secret_name
 from farmkit.ops.orchestrators import SANDBOX_RESULT, SandboxRun, sandbox_output
 
 JAIL = Path(__file__).with_name("jail.py")

@@ -368,15 +368,16 @@ class FmelRecorder:
             "bars_held": trade.barlen,
         })
 
-    def on_error(self, exc: BaseException, traceback_text: str) -> int | None:
-        """Record the bar on which the strategy raised, with the error; returns its bar number, or
-        None when it raised before its first bar (then there is no bar to record)."""
+    def on_error(self, exc: BaseException, traceback_text: str, reason: str | None = None) -> int | None:
+        """Record the bar on which the strategy raised, with the error (``reason``, default
+        ``Type: message``); returns its bar number, or None when it raised before its first bar
+        (then there is no bar to record)."""
         if not len(self.strategy) or not math.isfinite(self._dtline[0]):
             return None
         bar = self.bars
         self.on_bar()
         self.errors[bar] = {"action": "error", "symbol": None, "size": None,
-                            "reason": f"{type(exc).__name__}: {exc}", "confidence": None,
+                            "reason": reason or f"{type(exc).__name__}: {exc}", "confidence": None,
                             "signals": None, "traceback": traceback_text}
         return bar + self.first_bar
 

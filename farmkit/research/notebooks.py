@@ -15,6 +15,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
+from farmkit.redact import redact
 from farmkit.kernel import new_run_id
 from farmkit.errors import FarmError, ParameterError
 from farmkit.settings import Settings
@@ -203,7 +204,7 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
         raise NotebookError(f"{message}\nrun {run_id} is recorded as failed; the executed notebook is {output}",
                             run_id=run_id) from None
     except Exception as exc:  # the kernel died, could not start, ...: still a failed run, said plainly
-        store.runs.upsert(run_id, status="failed", error=f"{type(exc).__name__}: {exc}",
+        store.runs.upsert(run_id, status="failed", error=redact(f"{type(exc).__name__}: {exc}"),
                           finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
         raise NotebookError(f"{path} could not be run: {type(exc).__name__}: {exc}; run {run_id} is "
                             "recorded as failed", run_id=run_id) from exc
@@ -229,8 +230,8 @@ def _register(store, path: Path, params: dict, sweep_id: str | None, *, segment:
 def _cell_failed(store, run_id: str, path: Path, started: float, exc) -> str:
     """Record a failing cell (a PapermillExecutionError) on the run; returns the message."""
     row = store.runs.get(run_id) or {}
-    message = (f"{path}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}\n"
-               f"--- cell source ---\n{exc.source}")
+    message = redact(f"{path}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}\n"
+                     f"--- cell source ---\n{exc.source}")
     error = (row.get("error") or "") + ("\n" if row.get("error") else "") + message
     store.runs.upsert(run_id, status="failed", error=error,
                       finished_at=pd.Timestamp.now(tz="UTC"), duration_s=time.time() - started)
@@ -425,7 +426,7 @@ def _warm_trial(kernel: _Kernel, path: Path, params: dict, store, sweep_id: str,
         return row
     except Exception as exc:  # the kernel died (DeadKernelError) or would not start
         kernel.shutdown()  # the next trial starts a fresh one
-        error = f"{path} could not be run: {type(exc).__name__}: {exc}"
+        error = redact(f"{path} could not be run: {type(exc).__name__}: {exc}")
         store.runs.upsert(run_id, status="failed", error=error, finished_at=pd.Timestamp.now(tz="UTC"),
                           duration_s=time.time() - started)
         row["error"] = error

@@ -387,7 +387,7 @@ def test_a_sandbox_job_has_no_credentials_no_token_and_runs_on_gvisor(rendered, 
     # no credential reaches it: no envFrom, no value from a Secret or the API, no Secret or projected volume
     assert "envFrom" not in container and all(set(e) == {"name", "value"} for e in container["env"])
     env = {e["name"]: e["value"] for e in container["env"]}
-    from farmkit.api.redact import secret_name
+    from farmkit.redact import secret_name
     assert not [name for name in env if secret_name(name) or name.startswith(("APCA_", "GOOGLE_", "AWS_"))]
     assert env["FARM_REDIS"] == "off" and env["HOME"] == "/tmp"
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp", env["FARM_HOME"], "/upload"}

@@ -306,7 +306,7 @@ def test_the_sandbox_environment_is_an_allow_list(api, tmp_path):
 
 
 def test_redaction_replaces_every_known_secret(api):
-    from farmkit.api.redact import Redactor
+    from farmkit.redact import Redactor
     env = {**api["env"], "FARM_REDIS": "rediss://default:hunter2hunter2@10.30.0.3:6378/0", "LANG": "C.UTF-8",
            "FARM_API_AUTH": "firebase", "SHORT_TOKEN": "abc"}
     redactor = Redactor.from_env(env, extra=[TOKEN])

@@ -318,3 +318,38 @@ def test_a_resumed_run_starts_with_a_clean_row(farm_home, minute_bars):
     row = store.runs.get(run_id)
     assert row["status"] == "running"
     assert row["error"] is None and row["failed_bar"] is None and pd.isna(row["finished_at"])
+
+
+class LeaksItsKey(fk.Strategy):
+    def next(self):
+        import os
+        if len(self) == 5:
+            raise RuntimeError(f"Alpaca refused key {os.environ['APCA_API_SECRET_KEY']}")
+
+
+def test_a_credential_in_a_strategys_error_never_reaches_fmel_or_the_registry(farm_home, minute_bars, monkeypatch):
+    secret = "sk-live-8f3a0c9e71d24b55"
+    monkeypatch.setenv("APCA_API_SECRET_KEY", secret)
+    with pytest.raises(fk.StrategyError) as info:
+        fk.backtest(LeaksItsKey, minute_bars)
+    assert secret not in str(info.value) and "***" in str(info.value)
+    run = fk.runs().set_index("run_id").loc[info.value.run_id]
+    assert secret not in run.error and "***" in run.error
+    records = fk.fmel.load(info.value.run_id)
+    assert not any(secret in str(v) for v in records.astype(str).to_numpy().ravel())
+
+
+def test_a_credential_in_a_failing_notebook_cell_never_reaches_the_registry(farm_home, monkeypatch, tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    from farmkit.fmel.stores import open_store
+    from farmkit.research import notebooks
+
+    secret = "sk-live-8f3a0c9e71d24b55"
+    monkeypatch.setenv("APCA_API_SECRET_KEY", secret)
+    store = open_store(farm_home.store)
+    run_id, _, started = notebooks._register(store, tmp_path / "x.ipynb", {}, None)
+    failure = PapermillExecutionError(3, 3, "raise RuntimeError(key)", "RuntimeError", f"refused {secret}", [])
+    message = notebooks._cell_failed(store, run_id, tmp_path / "x.ipynb", started, failure)
+    row = store.runs.get(run_id)
+    assert secret not in message and secret not in row["error"] and "refused ***" in row["error"]

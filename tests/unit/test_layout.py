@@ -21,7 +21,7 @@ WINGS = {
     "base": set(),
 }
 KERNEL = {"kernel", "feeds", "strategy", "result", "metrics", "report", "leaderboard", "track_record", "embedded_redis", "redis_keeper", "secret_manager", "brokers"}
-BASE = {"model", "settings", "errors", "health", "version"}
+BASE = {"model", "settings", "errors", "health", "version", "redact"}
 
 
 def _module(path: Path) -> str:

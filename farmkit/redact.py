@@ -1,4 +1,5 @@
-"""Credentials out of every text the API renders: error answers, log lines, a sandbox's error.
+"""Credentials out of every text farmkit renders: the API's answers and log lines, a sandbox's error, and
+the errors a run records in FMEL and the registry.
 
 A :class:`Redactor` knows the secrets of an environment (the values of variables named like secrets:
 ``APCA_API_SECRET_KEY``, ``APCA_API_KEY_ID``, ``*_TOKEN``, ``*PASSWORD*``, ``FIREBASE_API_KEY``...;

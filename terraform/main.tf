@@ -233,6 +233,39 @@ resource "google_container_node_pool" "farm" {
   }
 }
 
+# Uploaded notebooks are checked in Jobs on gVisor (GKE Sandbox: runtimeClassName gvisor, k8s/base/sandbox).
+# Their own pool, scaled to zero between checks; GKE taints it so that only sandboxed pods land there.
+resource "google_container_node_pool" "sandbox" {
+  name     = "${local.name}-sandbox"
+  cluster  = google_container_cluster.farm.id
+  location = var.region
+  autoscaling {
+    min_node_count = 0
+    max_node_count = var.sandbox_node_max_count
+  }
+  management {
+    auto_repair  = true
+    auto_upgrade = true
+  }
+  node_config {
+    machine_type    = var.node_machine_type
+    image_type      = "COS_CONTAINERD"
+    service_account = google_service_account.nodes.email
+    oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
+    labels          = merge(local.labels, { "farm-pool" = "sandbox" })
+    sandbox_config {
+      sandbox_type = "gvisor"
+    }
+    workload_metadata_config {
+      mode = "GKE_METADATA"
+    }
+    shielded_instance_config {
+      enable_secure_boot          = true
+      enable_integrity_monitoring = true
+    }
+  }
+}
+
 # -- Pub/Sub: the bus. Names are the ingester's defaults (ingester/settings.py, ingester/cli.py) --------
 
 resource "google_pubsub_topic" "market_data" {

@@ -21,6 +21,12 @@ variable "node_max_count" {
   default     = 5
 }
 
+variable "sandbox_node_max_count" {
+  description = "Most nodes of the gVisor pool where uploaded notebooks are checked (it scales to zero between checks)"
+  type        = number
+  default     = 2
+}
+
 variable "control_plane_access_cidr" {
   description = "The only network allowed to reach the cluster's control plane (e.g. an office or VPN range)."
   type        = string

@@ -254,3 +254,17 @@ def test_memorystore_needs_auth_and_tls_kept_in_secret_manager(resources, hcl):
     outputs = {name: body for block in unquote(hcl["output"]) for name, body in block.items()}
     url = outputs["redis_url"]["value"]
     assert url.startswith('${format("rediss://') and "auth_secret=" in url and "ca_secret=" in url
+
+
+def test_the_sandbox_jobs_have_a_gvisor_pool_to_run_on(resources):
+    from farmkit.ops.orchestrators import KubernetesSandbox
+
+    pool = resources["google_container_node_pool", "sandbox"]
+    (config,) = pool["node_config"] if isinstance(pool["node_config"], list) else [pool["node_config"]]
+    sandbox = config["sandbox_config"]
+    sandbox = sandbox[0] if isinstance(sandbox, list) else sandbox
+    assert sandbox["sandbox_type"] == "gvisor"
+    autoscaling = pool["autoscaling"][0] if isinstance(pool["autoscaling"], list) else pool["autoscaling"]
+    assert autoscaling["min_node_count"] == 0
+    import inspect
+    assert inspect.signature(KubernetesSandbox).parameters["runtime_class"].default == "gvisor"

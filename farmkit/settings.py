@@ -30,6 +30,9 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_STATE_DIR": ("state_dir", None),  # checkpoints and status of a paper run (the pod's volume)
     "FARM_WARMUP_BARS": ("warmup_bars", None),  # history bars per symbol that prime a paper run; default all
     "FARM_WARMUP": ("warmup", "notebook"),  # where they come from: notebook | alpaca | archive (farmkit.live.warmup)
+    # Where a paper run fills holes in its bars (farmkit.live.backfill): archive | alpaca | off; by default
+    # the warm-up source when that is alpaca or archive, else off (holes are then only recorded in FMEL).
+    "FARM_BACKFILL": ("backfill", None),
     "FARM_HEALTH_PORT": ("health_port", "8080"),
     "FARM_LEADERBOARD_EVERY": ("leaderboard_every", "60"),  # seconds between a paper run's board updates
     # Paper runs: a symbol is stale after this many seconds without a bar while its market is open
@@ -70,6 +73,7 @@ class Settings:
     warmup_bars: int | None = None
     health_port: int = 8080
     warmup: str = "notebook"
+    backfill: str = "off"
     leaderboard_every: float = 60.0
     stale_after: float | None = None
     drift_baseline: str | None = None
@@ -96,6 +100,9 @@ class Settings:
             raise ConfigError(f"FARM_PROGRESS must be auto, on or off, got {values['progress']!r}")
         if values["warmup"] not in ("notebook", "alpaca", "archive"):
             raise ConfigError(f"FARM_WARMUP must be notebook, alpaca or archive, got {values['warmup']!r}")
+        values["backfill"] = values["backfill"] or (values["warmup"] if values["warmup"] != "notebook" else "off")
+        if values["backfill"] not in ("archive", "alpaca", "off"):
+            raise ConfigError(f"FARM_BACKFILL must be archive, alpaca or off, got {values['backfill']!r}")
         if values["mode"] not in ("backtest", "paper"):
             raise ConfigError(f"FARM_MODE must be backtest or paper, got {values['mode']!r}")
         if values["state_dir"]:

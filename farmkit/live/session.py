@@ -43,6 +43,7 @@ from farmkit.fmel.writer import BatchWriter
 from farmkit.live.drift import DriftHook, DriftMonitor, monitor_for
 from farmkit.live.inbox import Inbox
 from farmkit.live.resume import SessionHook, Snapshots, checkpoint_of, tail_frames
+from farmkit.live.backfill import Backfill, open_source
 from farmkit.live.router import BarRouter
 from farmkit.live.staleness import StaleMarks, Staleness, default_stale_after
 from farmkit.settings import Settings
@@ -93,6 +94,7 @@ class PaperSession:
         return {
             "run_id": self.run_id, "agent_id": self.agent_id, "pid": os.getpid(), "state": state,
             "bars_received": int(self.router.counts.get("routed", 0)),
+            "bars_backfilled": int(self.router.backfilled),
             "messages": dict(self.router.counts),
             "bars_processed": recorder.bars, "next_bar_number": recorder.first_bar + recorder.bars,
             "fmel_committed": self.committed,
@@ -296,8 +298,12 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     journaled = {s: _Journaled(f, inbox, session_ref, arrivals[s], staleness) for s, f in feeds.items()}
     after = {s: pd.Timestamp(t, tz="UTC") for s, t in resume.last.items()} if resume else None
     grid = {bt.TimeFrame.Seconds: 1, bt.TimeFrame.Minutes: 60}.get(timeframe[0])
+    # Holes in minute bars are filled from FARM_BACKFILL (see farmkit.live.backfill), or recorded.
+    backfill = Backfill(open_source(settings.backfill, store=settings.store, home=settings.home),
+                        calendars=staleness.calendars, wait=staleness.stale_after) \
+        if tuple(timeframe) == (bt.TimeFrame.Minutes, 1) else None
     router = BarRouter(journaled, on_event=recorder.note_event, after=after, bar_seconds=grid,
-                       max_future=settings.max_future)
+                       max_future=settings.max_future, backfill=backfill)
     broker_instance = open_broker(broker_url or settings.broker, broker, run_id=run_id)
     if hasattr(broker_instance, "restore_orders"):
         # Alpaca keeps the run's orders: the broker reconciles with them from the checkpoint on when it starts
@@ -338,6 +344,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     bus.ensure_topic(topic)
     bus.ensure_subscription(subscription, topic, enable_message_ordering=True)
     session.handle = bus.subscribe(subscription, router.on_message)
+    if backfill is not None:
+        backfill.watch(router)       # the tails of symbols Pub/Sub has gone silent on
 
     def resubscribe():
         # The stream ended for good (e.g. the subscription is gone after a Pub/Sub restart): strategies
@@ -375,6 +383,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         for feed in feeds.values():
             feed.release_acks()   # every bar queued so far is acked, as if acked when queued
         updates.stop()
+        if backfill is not None:
+            backfill.close()
         if session.replay is not None:
             session.replay.stop()
         session.handle.close()

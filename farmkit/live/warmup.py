@@ -5,6 +5,8 @@
   ``fk.data.alpaca``; ``APCA_API_DATA_URL`` points at another server).
 - ``archive``: the latest bars in the store's market archive (what ``farm archive`` keeps).
 
+The same two sources fill the holes of a live run (``FARM_BACKFILL``, see :mod:`farmkit.live.backfill`).
+
     history = warmup_history("alpaca", ["AAPL", "MSFT"], 500)
 """
 
@@ -47,13 +49,7 @@ def warmup_history(source: str, symbols, n: int | None, notebook_bars: Bars | No
         bars = alpaca(symbols, start=now - pd.Timedelta(days=days), end=now, environ=environ)
         return last_bars(bars, n)
     if source == "archive":
-        from farmkit.data.archive import LocalArchive, open_archive
-        from farmkit.settings import Settings
-
-        if store is not None:
-            archive = open_archive(store)
-        else:
-            archive = LocalArchive(home if home is not None else Settings.from_env(environ).home)
+        archive = open_market_archive(store, home, environ)
         bars = archive.latest_bars(symbols, DEFAULT_BARS if n is None else n, before=now)
         missing = [s for s in symbols if s not in bars]
         if missing:
@@ -62,3 +58,14 @@ def warmup_history(source: str, symbols, n: int | None, notebook_bars: Bars | No
                               "run `farm archive` alongside the ingester first, or set FARM_WARMUP=notebook")
         return bars
     raise ConfigError(f"FARM_WARMUP must be one of {', '.join(SOURCES)}, got {source!r}")
+
+
+def open_market_archive(store: str | None = None, home=None, environ=None):
+    """The market archive of the store URL ``store`` (e.g. FARM_STORE), else the embedded one under
+    ``home``: what warm-up and backfill (:mod:`farmkit.live.backfill`) read."""
+    from farmkit.data.archive import LocalArchive, open_archive
+    from farmkit.settings import Settings
+
+    if store is not None:
+        return open_archive(store)
+    return LocalArchive(home if home is not None else Settings.from_env(environ).home)

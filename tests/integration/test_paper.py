@@ -198,7 +198,10 @@ def test_duplicates_late_and_malformed_messages_are_acked_counted_and_recorded(f
     assert len(records) == 39      # bar 20 (negative close) never reached the strategy
     events = [e for m in records.market_state.map(json.loads) for e in m.get("events", [])]
     kinds = sorted(e["event"] for e in events)
-    assert kinds == ["malformed", "malformed"]   # the late bar 15 is a duplicate: it was seen before
+    # the late bar 15 is a duplicate: it was seen before; bar 20, malformed, leaves a recorded gap
+    assert kinds == ["gap", "malformed", "malformed"]
+    gap = next(e for e in events if e["event"] == "gap")
+    assert gap["detail"].startswith(f"1 bar(s) {frame.index[20]}..{frame.index[20]} missing")
     assert any("JSON" in e["detail"] or "json" in e["detail"] for e in events)
 
 

@@ -159,3 +159,16 @@ def test_the_backfill_setting_follows_the_warm_up_source_and_says_what_it_takes(
     with pytest.raises(ConfigError, match="FARM_BACKFILL must be archive, alpaca or off"):
         Settings.from_env({"FARM_BACKFILL": "bigquery"})
     assert open_source("off") is None
+
+
+def test_the_archive_source_reads_the_span_from_the_embedded_market_archive(tmp_path):
+    from farmkit.data.archive import LocalArchive, bars_table
+
+    archive = LocalArchive(tmp_path)
+    archive.write_bars(bars_table([bar(i, "alpaca") for i in range(0, 10) if i != 6]))
+    source = open_source("archive", home=tmp_path)
+    got = source.bars("AAPL", at(3), at(7))
+    assert [b.timestamp for b in got] == [at(3), at(4), at(5), at(7)]
+    assert all(b.source == "backfill" and b.symbol == "AAPL" for b in got)
+    assert got[0].close == bar(3).close
+    assert source.bars("MSFT", at(3), at(7)) == []

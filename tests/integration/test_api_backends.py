@@ -107,28 +107,39 @@ def alpaca():
         yield server
 
 
-def test_alpaca_paper_broker_view(alpaca, tmp_path):
+def test_alpaca_paper_broker_view_shows_each_agent_only_its_own_sub_account(alpaca, tmp_path):
     from alpaca.trading.client import TradingClient
     from alpaca.trading.enums import OrderSide, TimeInForce
     from alpaca.trading.requests import MarketOrderRequest
     alpaca.reset()
     trading = TradingClient(alpaca.key_id, alpaca.secret_key, paper=True, url_override=alpaca.url)
-    for cid, symbol in ((client_order_id("paper-run-1", 0), "AAPL"), (client_order_id("paper-run-1", 1), "MSFT"),
-                        ("someone-elses-order", "AAPL")):
-        trading.submit_order(MarketOrderRequest(symbol=symbol, qty=2, side=OrderSide.BUY,
+    for cid, symbol, qty, side in ((client_order_id("paper-run-1", 0), "AAPL", 3, OrderSide.BUY),
+                                   (client_order_id("paper-run-1", 1), "MSFT", 2, OrderSide.BUY),
+                                   (client_order_id("paper-run-1", 2), "AAPL", 1, OrderSide.SELL),
+                                   (client_order_id("paper-run-2", 0), "AAPL", 5, OrderSide.BUY),
+                                   ("someone-elses-order", "AAPL", 7, OrderSide.BUY)):
+        trading.submit_order(MarketOrderRequest(symbol=symbol, qty=qty, side=side,
                                                 time_in_force=TimeInForce.DAY, client_order_id=cid))
-    state = tmp_path / "state"
+    state, other = tmp_path / "state", tmp_path / "other"
     view = BrokerView("alpaca-paper://", environ={**alpaca.environ, "APCA_API_BASE_URL": alpaca.url})
-    assert view.orders("a", state) == []      # no run yet: none of the account's orders are the agent's
-    checkpoint.save(checkpoint.Checkpoint(run_id="paper-run-1", agent_id="a", bars_written=3, start_value=1e5), state)
+    assert view.orders("a", state) == [] and view.positions("a", state) == []   # no run yet: nothing is the agent's
+    assert view.account("a", state)["cash"] is None
+    checkpoint.save(checkpoint.Checkpoint(run_id="paper-run-1", agent_id="a", bars_written=3, start_value=1e4), state)
+    checkpoint.save(checkpoint.Checkpoint(run_id="paper-run-2", agent_id="b", bars_written=3, start_value=5e3), other)
     account = view.account("a", state)
     assert account["broker"] == "alpaca-paper" and account["run_id"] == "paper-run-1"
-    assert account["cash"] == pytest.approx(100_000 - 4 * 100 - 2 * 400)    # the whole account's fills
-    positions = {p["symbol"]: p["qty"] for p in view.positions("a", state)}
-    assert positions == {"AAPL": 4.0, "MSFT": 2.0}
+    # its own fills only, from the cash the run started with: not the account's 15 AAPL nor its cash
+    assert account["cash"] == pytest.approx(10_000 - 3 * 100 - 2 * 400 + 1 * 100)
+    assert account["equity"] == pytest.approx(account["cash"] + 2 * 100 + 2 * 400)
+    positions = {p["symbol"]: p for p in view.positions("a", state)}
+    assert {s: p["qty"] for s, p in positions.items()} == {"AAPL": 2.0, "MSFT": 2.0}
+    assert positions["AAPL"]["avg_price"] == pytest.approx(100.0)
+    assert positions["MSFT"]["market_value"] == pytest.approx(800.0)
+    assert {p["symbol"]: p["qty"] for p in view.positions("b", other)} == {"AAPL": 5.0}
+    assert view.account("b", other)["cash"] == pytest.approx(5_000 - 5 * 100)
     orders = view.orders("a", state)
-    assert sorted(o["client_order_id"] for o in orders) == ["paper-run-1-0", "paper-run-1-1"]
-    assert {o["status"] for o in orders} == {"filled"} and {o["side"] for o in orders} == {"buy"}
+    assert sorted(o["client_order_id"] for o in orders) == ["paper-run-1-0", "paper-run-1-1", "paper-run-1-2"]
+    assert {o["status"] for o in orders} == {"filled"} and {o["side"] for o in orders} == {"buy", "sell"}
 
 
 def test_alpaca_broker_without_keys_is_a_503_that_names_them(tmp_path):

@@ -1,7 +1,7 @@
 """HTTP health endpoints and Prometheus metrics for the services (ingester, archive, runner).
 
 ``/healthz`` says the process answers, ``/readyz`` answers 200 or 503 with a one-line reason, ``/metrics``
-is the Prometheus text format, written by hand: a few dozen counters and gauges need no client library.
+is the Prometheus text format, written by prometheus-client from what :class:`Metrics` holds.
 
     metrics = Metrics({"service": "ingester"})
     metrics.inc("farm_ingest_messages_received_total", feed="stocks", type="bar")
@@ -10,44 +10,37 @@ is the Prometheus text format, written by hand: a few dozen counters and gauges 
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["HealthServer", "Metrics", "escape_label"]
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+
+__all__ = ["HealthServer", "Metrics"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def escape_label(value) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f'{k}="{escape_label(v)}"' for k, v in sorted(labels.items()))
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return f"{float(value):.10g}"
 
 
 class Metrics:
     """Counters, gauges and histograms with labels, thread-safe. Every metric is declared with its help
     text on first use through :meth:`describe` (or gets a generic one); ``render()`` is the /metrics body.
 
-    Gauges may be callables, read at render time (e.g. seconds since the last message).
+    Gauges may be callables, read at render time (e.g. seconds since the last message). A metric's labels
+    may differ from one series to the next (prometheus-client's own metric classes fix them up front, which
+    the services' per-feed and per-symbol series do not fit), so this keeps the values and hands them to
+    prometheus-client as a collector.
     """
 
     def __init__(self, constant_labels: dict[str, str] | None = None):
-        self.constant = dict(constant_labels or {})
+        self.constant = {k: str(v) for k, v in (constant_labels or {}).items()}
         self._lock = threading.Lock()
         self._help: dict[str, tuple[str, str]] = {}          # name -> (type, help)
         self._values: dict[str, dict[tuple, float]] = {}
         self._gauges: dict[str, dict[tuple, Callable[[], float | None]]] = {}
         self._hist: dict[str, dict[tuple, list]] = {}        # labels -> [bucket counts..., sum, count]
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(self))
 
     def describe(self, name: str, kind: str, text: str) -> None:
         with self._lock:
@@ -87,31 +80,46 @@ class Metrics:
                 return self._values.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
             return sum(self._values.get(name, {}).values())
 
-    def render(self) -> str:
+    def families(self):
+        """The metrics as prometheus-client metric families."""
         with self._lock:
             values = {n: dict(s) for n, s in self._values.items()}
             gauges = {n: dict(s) for n, s in self._gauges.items()}
             hist = {n: {k: list(r) for k, r in s.items()} for n, s in self._hist.items()}
             helps = dict(self._help)
-        lines: list[str] = []
         for name in sorted(helps):
             kind, text = helps[name]
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            # prometheus-client names a counter's family without its _total; its samples keep it.
+            family = Metric(name.removesuffix("_total") if kind == "counter" else name, text, kind)
+            sample = f"{family.name}_total" if kind == "counter" else name
             series = dict(values.get(name, {}))
             for key, read in gauges.get(name, {}).items():
                 value = read()
                 if value is not None:
                     series[key] = value
             for key, value in sorted(series.items()):
-                lines.append(f"{name}{{{_labels({**self.constant, **dict(key)})}}} {_number(value)}")
+                family.add_sample(sample, self._labels(key), float(value))
             for key, row in sorted(hist.get(name, {}).items()):
-                base = {**self.constant, **dict(key)}
+                base = self._labels(key)
                 for bound, count in zip(LATENCY_BUCKETS, row):
-                    lines.append(f'{name}_bucket{{{_labels({**base, "le": _number(bound)})}}} {count}')
-                lines.append(f'{name}_bucket{{{_labels({**base, "le": "+Inf"})}}} {row[-1]}')
-                lines.append(f"{name}_sum{{{_labels(base)}}} {_number(row[-2])}")
-                lines.append(f"{name}_count{{{_labels(base)}}} {row[-1]}")
-        return "\n".join(lines) + "\n"
+                    family.add_sample(f"{name}_bucket", {**base, "le": repr(float(bound))}, count)
+                family.add_sample(f"{name}_bucket", {**base, "le": "+Inf"}, row[-1])
+                family.add_sample(f"{name}_sum", base, row[-2])
+                family.add_sample(f"{name}_count", base, row[-1])
+            yield family
+
+    def _labels(self, key: tuple) -> dict[str, str]:
+        return dict(sorted({**self.constant, **{k: str(v) for k, v in key}}.items()))
+
+    def render(self) -> str:
+        return generate_latest(self._registry).decode()
+
+
+class _Collector:
+    """prometheus-client's collector protocol over a :class:`Metrics` (whose ``describe`` means otherwise)."""
+
+    def __init__(self, metrics: Metrics):
+        self.collect = metrics.families
 
 
 class HealthServer:
@@ -133,6 +141,7 @@ class HealthServer:
                         ok, reason = outer.ready()
                         self._send(200 if ok else 503, f"{reason}\n")
                     elif path == "/metrics":
+                        # generate_latest writes the 0.0.4 text format, which every Prometheus reads
                         self._send(200, outer.metrics(), "text/plain; version=0.0.4; charset=utf-8")
                     else:
                         self._send(404, "not found: try /healthz, /readyz or /metrics\n")

@@ -1,13 +1,13 @@
 """The runner's HTTP endpoints: ``/healthz`` (the process answers), ``/readyz`` (the kernel runs and
-bars arrive, no symbol is stale, or it is still warming up) and ``/metrics`` (Prometheus text format, written by hand:
-a dozen gauges and counters do not need a client library)."""
+bars arrive, no symbol is stale, or it is still warming up) and ``/metrics`` (Prometheus text format,
+by prometheus-client)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from farmkit.health import HealthServer as BaseHealthServer
-from farmkit.health import escape_label as _escape
+from farmkit.health import Metrics
 
 # name -> (type, help, status key)
 _METRICS = {
@@ -27,35 +27,29 @@ _METRICS = {
 
 def render_metrics(report: dict, labels: dict[str, str]) -> str:
     """Prometheus text exposition of a runner report (see ``Runner.report``)."""
-    label = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-    lines = []
+    metrics = Metrics(labels)
 
-    def emit(name, kind, text, value, extra=""):
-        lines.append(f"# HELP {name} {text}")
-        lines.append(f"# TYPE {name} {kind}")
+    def emit(name, kind, text, value, **extra):
+        metrics.describe(name, kind, text)
         if value is not None:
-            lines.append(f"{name}{{{label}{extra}}} {float(value):.6g}")
+            metrics.set(name, float(value), **extra)
 
     emit("farm_up", "gauge", "The runner process is up.", 1)
     emit("farm_kernel_running", "gauge", "The agent notebook's kernel is running.", int(report["kernel_running"]))
     emit("farm_ready", "gauge", "The runner reports ready.", int(report["ready"]))
     status = report.get("status") or {}
     for name, (kind, text, key) in _METRICS.items():
-        value = report.get(key, status.get(key))
-        emit(name, kind, text, value)
+        emit(name, kind, text, report.get(key, status.get(key)))
     ages = report.get("bar_ages") or {}
     if ages:
         stale = status.get("stale_symbols") or {}
-        lines.append("# HELP farm_runner_bar_age_seconds Seconds since the symbol's last bar arrived (or since start).")
-        lines.append("# TYPE farm_runner_bar_age_seconds gauge")
         for symbol, age in sorted(ages.items()):
-            lines.append(f'farm_runner_bar_age_seconds{{{label},symbol="{_escape(symbol)}"}} {age:.6g}')
+            emit("farm_runner_bar_age_seconds", "gauge",
+                 "Seconds since the symbol's last bar arrived (or since start).", age, symbol=symbol)
+            emit("farm_runner_stale", "gauge", "1 when the symbol is stale (market open, no bar for too long).",
+                 int(symbol in stale), symbol=symbol)
         emit("farm_runner_stale_symbols", "gauge", "Symbols whose market is open and whose bars stopped coming.",
              len(stale))
-        lines.append("# HELP farm_runner_stale 1 when the symbol is stale (market open, no bar for too long).")
-        lines.append("# TYPE farm_runner_stale gauge")
-        for symbol in sorted(ages):
-            lines.append(f'farm_runner_stale{{{label},symbol="{_escape(symbol)}"}} {int(symbol in stale)}')
     if "stale_decisions" in status:
         emit("farm_runner_stale_decisions_total", "counter", "Bars decided while a symbol of the strategy was stale.",
              status["stale_decisions"])
@@ -63,13 +57,9 @@ def render_metrics(report: dict, labels: dict[str, str]) -> str:
     if drift is not None:
         emit("farm_runner_drifting", "gauge", "The run's trading drifted from its backtest baseline.",
              int(bool(drift.get("drifting"))))
-    messages = status.get("messages") or {}
-    if messages:
-        lines.append("# HELP farm_messages_total Bus messages by what was done with them.")
-        lines.append("# TYPE farm_messages_total counter")
-        for outcome, count in sorted(messages.items()):
-            lines.append(f'farm_messages_total{{{label},outcome="{_escape(outcome)}"}} {count}')
-    return "\n".join(lines) + "\n"
+    for outcome, count in sorted((status.get("messages") or {}).items()):
+        emit("farm_messages_total", "counter", "Bus messages by what was done with them.", count, outcome=outcome)
+    return metrics.render()
 
 
 class HealthServer(BaseHealthServer):

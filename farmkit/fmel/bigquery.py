@@ -232,26 +232,25 @@ class BigQueryStore:
         return self.spill_dir if table == "fmel" else self.spill_dir / table
 
     def _insert(self, batch: list[dict], table: str = "fmel") -> tuple[int, list[dict], list[dict]]:
-        """One request, retried with backoff: (rows written, rows to retry later, rows rejected)."""
-        todo, rejected, written = batch, [], 0
-        for attempt in range(self.attempts):
-            if attempt:
-                self.stats["retries"] += 1
-                self.sleep(self.backoff * 2 ** (attempt - 1))
+        """One request, retried with backoff: (rows written, rows to retry later, rows rejected).
+
+        An attempt fails on a transient error or when rows failed that may go again; the next attempt
+        sends only those."""
+        from tenacity import (RetryError, Retrying, retry_if_exception, retry_if_result, stop_after_attempt,
+                              wait_exponential)
+        done = {"todo": batch, "rejected": [], "written": 0}
+
+        def attempt() -> list[dict]:
+            todo = done["todo"]
             try:
                 errors = self.client.insert_rows_json(
                     self.table(table), todo, row_ids=[ROW_ID[table](r) for r in todo],
                     skip_invalid_rows=True, retry=None, timeout=self.timeout)   # our own retry, not 600 s
-            except Exception as exc:  # noqa: BLE001 - any failure keeps the rows for later
+            except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                if not _transient(exc):
-                    # Credentials, permissions, a malformed request: retrying now cannot help; the rows
-                    # are spilled and reported, and written once the cause is fixed.
-                    log.error("BigQuery refused an FMEL insert: %s", self.last_error)
-                    break
                 if _is_missing(exc):
                     self._ensure_quietly()
-                continue
+                raise
             self.stats["inserts"] += 1
             failed = {e["index"]: e.get("errors") or [] for e in errors}
             permanent = {i for i, errs in failed.items() if any(e.get("reason") in _PERMANENT for e in errs)}
@@ -260,13 +259,27 @@ class BigQueryStore:
                 self.last_error = (f"row {ROW_ID[table](todo[first[0]])}: "
                                    + "; ".join(f"{e.get('reason')} {e.get('location', '')}: {e.get('message')}"
                                                for e in first[1]))
-            rejected += [todo[i] for i in sorted(permanent)]
-            written += len(todo) - len(failed)
+            done["rejected"] += [todo[i] for i in sorted(permanent)]
+            done["written"] += len(todo) - len(failed)
             self.stats["rows"] += len(todo) - len(failed)
-            todo = [todo[i] for i in sorted(failed) if i not in permanent]
-            if not todo:
-                break
-        return written, todo, rejected
+            done["todo"] = [todo[i] for i in sorted(failed) if i not in permanent]
+            return done["todo"]
+
+        def counted(_state) -> None:
+            self.stats["retries"] += 1
+
+        retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_exponential(multiplier=self.backoff),
+                            retry=retry_if_exception(_transient) | retry_if_result(bool), sleep=self.sleep,
+                            before_sleep=counted)
+        try:
+            retrying(attempt)
+        except RetryError:
+            pass    # attempts used up: what is left is kept for later
+        except Exception:  # noqa: BLE001 - any failure keeps the rows for later
+            # Credentials, permissions, a malformed request: retrying now cannot help; the rows are
+            # spilled and reported, and written once the cause is fixed.
+            log.error("BigQuery refused an FMEL insert: %s", self.last_error)
+        return done["written"], done["todo"], done["rejected"]
 
     def _ensure_quietly(self) -> None:
         try:
@@ -427,17 +440,18 @@ class BigQueryRunRegistry:
 
     def _dml(self, text: str, params: list) -> int | None:
         """Run one DML statement; the rows it changed (None where the server does not say)."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
         config = bigquery.QueryJobConfig(query_parameters=params)
-        for attempt in range(8):
-            try:
-                job = self.store.client.query(text, job_config=config, timeout=self.store.timeout)
-                job.result()
-                return job.num_dml_affected_rows
-            except gexc.BadRequest as exc:
-                # Concurrent DML on one table: BigQuery refuses one of them; it may simply go again.
-                if "concurrent update" not in str(exc) or attempt == 7:
-                    raise
-                self.store.sleep(0.2 * 2 ** attempt)
+
+        def run() -> int | None:
+            job = self.store.client.query(text, job_config=config, timeout=self.store.timeout)
+            job.result()
+            return job.num_dml_affected_rows
+
+        # Concurrent DML on one table: BigQuery refuses one of them; it may simply go again.
+        concurrent = retry_if_exception(lambda e: isinstance(e, gexc.BadRequest) and "concurrent update" in str(e))
+        return Retrying(stop=stop_after_attempt(8), wait=wait_exponential(multiplier=0.2), retry=concurrent,
+                        sleep=self.store.sleep, reraise=True)(run)
 
     def upsert(self, run_id: str, **fields) -> None:
         unknown = sorted(set(fields) - set(self.types))

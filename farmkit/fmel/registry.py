@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
@@ -148,20 +147,20 @@ class RunRegistry:
         columns = ", ".join(f"{f['name']} {_SQL_TYPES[f['type']]}"
                             + (" PRIMARY KEY" if f["name"] == "run_id" else "")
                             for f in schema.fields("runs"))
-        for attempt in range(50):
-            try:
-                with closing(self._connect()) as con, con:
-                    # Switching to WAL needs a moment alone with the file: processes opening a new store
-                    # together may find it locked; the mode sticks, so only the first one has to win.
-                    if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                        con.execute("PRAGMA journal_mode=WAL")
-                    con.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
-                    _add_missing_columns(con)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 49:
-                    raise
-                time.sleep(0.05 + 0.01 * attempt)
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_incrementing
+
+        def create() -> None:
+            with closing(self._connect()) as con, con:
+                if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    con.execute("PRAGMA journal_mode=WAL")
+                con.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+                _add_missing_columns(con)
+
+        # Switching to WAL needs a moment alone with the file: processes opening a new store together may
+        # find it locked; the mode sticks, so only the first one has to win.
+        locked = retry_if_exception(lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e))
+        Retrying(stop=stop_after_attempt(50), wait=wait_incrementing(start=0.05, increment=0.01), retry=locked,
+                 reraise=True)(create)
 
     def _connect(self) -> sqlite3.Connection:
         # Short-lived connections: sweep workers, paper runs and notebooks share the file.

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from farmkit.research import split, trials
+from farmkit.research.progress import PROGRESS_FILE, SHOW_AFTER, BacktestProgress
 from farmkit.brokers.config import BrokerConfig
 from farmkit.data.bars import Bars, to_bars
 from farmkit.fmel.recorder import FmelRecorder
@@ -39,6 +39,7 @@ class Plan:
     settings: Settings = field(default_factory=Settings.from_env)
     store: object = None
     progress: str | None = None
+    progress_after: float = SHOW_AFTER   # seconds a backtest runs before progress "auto" shows
 
 
 def plan(strategy: type, data, cash: float = 100_000.0, commission: float = 0.0, *,
@@ -102,35 +103,16 @@ def _claim_run_id(settings: Settings, store) -> tuple[str, bool]:
     return new_run_id(), False
 
 
-class _Progress:
-    """A progress bar fed by polling the recorder from a thread: nothing is added to the bar loop."""
-
-    def __init__(self, recorder: FmelRecorder, total: int, mode: str, label: str):
-        self.recorder, self.total = recorder, total
-        self.enabled = mode == "on" or (mode == "auto" and total >= 200_000)
-        self._stop = threading.Event()
-        self._thread = None
-        self.label = label
-
-    def __enter__(self):
-        if self.enabled:
-            from tqdm.auto import tqdm
-            self._bar = tqdm(total=self.total, unit="bar", unit_scale=True, desc=self.label, leave=False)
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(0.25):
-            self._bar.n = self.recorder.bars
-            self._bar.refresh()
-
-    def __exit__(self, *exc):
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._bar.n = self.recorder.bars
-            self._bar.close()
+def _progress(plan: Plan, recorder: FmelRecorder, total: int, store) -> BacktestProgress:
+    settings = plan.settings
+    mode, record_to = plan.progress or settings.progress, None
+    if settings.run_id and mode != "off":
+        # Run by `farm backtest`: the kernel's output goes into the executed notebook, so the
+        # progress goes to the notebook run's folder, and the farm process shows it.
+        folder = store.run_dir(settings.run_id)
+        mode, record_to = (mode, folder / PROGRESS_FILE) if folder.is_dir() else ("off", None)
+    return BacktestProgress(lambda: recorder.bars, total, mode, plan.strategy.__name__,
+                            after=plan.progress_after, record_to=record_to)
 
 
 def run(plan: Plan):
@@ -153,7 +135,7 @@ def run(plan: Plan):
     recorder = kernel.record()
     kernel.build(history_feeds(bars, fromdate=plan.fromdate, todate=plan.todate))
     total = max(len(f) for f in bars.values())
-    with _Progress(recorder, total, plan.progress or settings.progress, plan.strategy.__name__):
+    with _progress(plan, recorder, total, store):
         kernel.execute()
     result = kernel.finish(bars, extra_metrics=lambda result: trials.trial_metrics(
         store, kernel.name, kernel.code, result, family_key=kernel.family))

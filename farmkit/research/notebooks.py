@@ -8,7 +8,7 @@ import itertools
 import os
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pandas as pd
 from farmkit.redact import redact
 from farmkit.kernel import new_run_id
 from farmkit.errors import FarmError, ParameterError
+from farmkit.research.progress import PROGRESS_FILE, watch
 from farmkit.settings import Settings
 
 
@@ -192,10 +193,14 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store)
     run_id, output, started = _register(store, path, params, sweep_id)
+    # The kernel's backtests write their progress to the run's folder (their own output would land
+    # in the executed notebook); this process shows it under the cell bar.
+    shown = settings.progress if progress else "off"
     try:
         # The kernel's backtests belong to whoever this run belongs to (FARM_OWNER; unset: nobody's).
         with _environment(FARM_RUN_ID=run_id, FARM_HOME=settings.home, FARM_STORE=settings.store,
-                          FARM_PROGRESS="off", FARM_OWNER=settings.owner, FARM_AGENT_UID=settings.agent_uid):
+                          FARM_PROGRESS=shown, FARM_OWNER=settings.owner, FARM_AGENT_UID=settings.agent_uid), \
+                (watch(output.parent / PROGRESS_FILE) if shown != "off" else nullcontext()):
             papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
                                        language="python", cwd=str(path.parent), progress_bar=progress, log_output=False,
                                        kernel_manager_class=kernel_manager_class())

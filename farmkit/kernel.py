@@ -371,12 +371,12 @@ class Run:
         result = BacktestResult.from_run(run_id=self.run_id, agent_id=self.agent_id, strategy=self.strategy,
                                          params=self.params, bars=bars, recorder=recorder, store=self.store,
                                          broker=self.broker)
-        result.metrics.update(leaderboard.track_record(result.equity))   # what a board needs to rank it
-        result.metrics.update((extra_metrics(result) if callable(extra_metrics) else extra_metrics) or {})
+        result.figures.update(leaderboard.track_record(result.equity))   # what a board needs to rank it
+        result.figures.update((extra_metrics(result) if callable(extra_metrics) else extra_metrics) or {})
         fields = {"data_fingerprint": data_fingerprint} if data_fingerprint else {}
         if recorder.strategy is not None:   # bars before its first next(): backtrader's minimum period - 1
             fields["warmup_bars"] = max(int(recorder.strategy._minperiod) - 1, 0)
-        self.store.runs.upsert(self.run_id, status="done", metrics=result.metrics,
+        self.store.runs.upsert(self.run_id, status="done", metrics=result.figures,
                                bars=recorder.first_bar + recorder.bars, finished_at=pd.Timestamp.now(tz="UTC"),
                                duration_s=time.time() - self.started, **fields)
         leaderboard.publish(self.settings, self.store.runs.get(self.run_id), store=self.store)   # logged on failure

@@ -199,7 +199,40 @@ def summary(equity: pd.Series, trades: pd.DataFrame | None = None, *,
         "turnover": turnover(equity, traded_value),
         "final_value": float(equity.iloc[-1]) if len(equity) else _NAN,
         "start_value": float(equity.iloc[0]) if len(equity) else _NAN,
+        "days": int(len(daily_returns(equity))),
     }
+
+
+# How many daily returns (or trades) a figure needs before it means much. Below these, the figure
+# is still given, with a note saying what it was computed from.
+MIN_DAYS = {"sharpe": 30, "sortino": 30, "volatility": 30, "calmar": 63, "cagr": 63,
+            "psr": 30, "dsr": 30, "alpha": 30, "beta": 30, "information_ratio": 30}
+MIN_TRADES = {"win_rate": 10, "profit_factor": 10}
+
+
+def caveats(metrics) -> dict[str, str]:
+    """Metric -> a note for each figure computed from fewer observations than it needs.
+
+    ``metrics`` is a mapping (or Series) as :func:`summary` returns it: ``days`` counts its daily
+    returns and ``trades`` its closed trades. Annualised figures from a few days (a Sharpe ratio
+    of -149 from 2 daily returns) say so instead of passing for a result.
+
+    >>> caveats({"sharpe": -149.56, "days": 2, "trades": 1, "win_rate": 0.0})
+    {'sharpe': 'from 2 daily returns; needs 30 or more', 'win_rate': 'from 1 trade; needs 10 or more'}
+    """
+    notes = {}
+    days, trades = metrics.get("days"), metrics.get("trades")
+    if isinstance(days, (int, float)) and not math.isnan(days):
+        days = int(days)
+        for key, need in MIN_DAYS.items():
+            if key in metrics and days < need:
+                notes[key] = f"from {days} daily return{'s' if days != 1 else ''}; needs {need} or more"
+    if isinstance(trades, (int, float)) and not math.isnan(trades):
+        trades = int(trades)
+        for key, need in MIN_TRADES.items():
+            if key in metrics and trades < need:
+                notes[key] = f"from {trades} trade{'s' if trades != 1 else ''}; needs {need} or more"
+    return notes
 
 
 # Overfitting-aware statistics. Sharpe ratios here are per period (e.g. daily, not annualised),

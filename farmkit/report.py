@@ -56,6 +56,7 @@ _METRICS = {
     "psr": ("Probabilistic Sharpe", "percent"),
     "dsr": ("Deflated Sharpe", "percent"),
     "trials": ("Trials in strategy family", "count"),
+    "days": ("Daily returns", "count"),
     "min_track_record_days": ("Min track record (95%)", "days"),
     "start_value": ("Start value", "money"),
     "final_value": ("Final value", "money"),
@@ -79,31 +80,44 @@ def _format(value, kind: str) -> str:
     return f"{value:,.2f}"
 
 
-def metrics_table(metrics: dict[str, float]) -> pd.DataFrame:
-    """The metrics as a display table: pretty names, percentages and ratios formatted as text.
+def metric_keys(metrics) -> list[str]:
+    """The keys of ``metrics`` in the table's order: the known metrics first, then the others."""
+    return [k for k in _METRICS if k in metrics] + [k for k in metrics.keys() if k not in _METRICS]
 
-    Known metrics come first in a fixed order; unknown keys follow, formatted as plain numbers;
-    counters kept as a dict (a paper run's ``messages``) show one row per entry.
 
-    >>> fk.report.metrics_table({"total_return": 0.1234, "sharpe": 1.5})
-                   value
+def metrics_table(metrics) -> pd.DataFrame:
+    """The metrics as a display table: pretty names, percentages and ratios formatted as text, and
+    a note on each figure computed from fewer observations than it needs.
+
+    ``metrics`` is a mapping or ``res.metrics``. Known metrics come first in a fixed order; unknown
+    keys follow, formatted as plain numbers; counters kept as a dict (a paper run's ``messages``)
+    show one row per entry.
+
+    >>> fk.report.metrics_table({"total_return": 0.1234, "sharpe": 1.5, "days": 2})
+                    value                                    note
     metric
-    Total return  12.34%
-    Sharpe ratio    1.50
+    Total return   12.34%
+    Sharpe ratio     1.50  from 2 daily returns; needs 30 or more
+    Daily returns       2
     """
-    keys = [k for k in _METRICS if k in metrics] + [k for k in metrics if k not in _METRICS]
-    names, values = [], []
-    for key in keys:
+    from farmkit.metrics import caveats
+
+    metrics = dict(metrics.items())
+    notes = caveats(metrics)
+    names, values, remarks = [], [], []
+    for key in metric_keys(metrics):
         name, kind = _METRICS.get(key, (key.replace("_", " ").capitalize(), "ratio"))
         value = metrics[key]
         if isinstance(value, dict):
             for part, count in value.items():
                 names.append(f"{name}: {part}")
                 values.append(_format(count, "count"))
+                remarks.append("")
             continue
         names.append(name)
         values.append(_format(value, kind))
-    return pd.DataFrame({"value": values}, index=pd.Index(names, name="metric"))
+        remarks.append(notes.get(key, ""))
+    return pd.DataFrame({"value": values, "note": remarks}, index=pd.Index(names, name="metric"))
 
 
 def _naive_utc(index) -> pd.DatetimeIndex:

@@ -26,7 +26,8 @@ def _times(nums) -> pd.DatetimeIndex:
 class BacktestResult:
     """The outcome of ``fk.backtest``.
 
-    ``metrics`` (dict), ``equity``/``drawdown`` (Series), ``positions`` (DataFrame, one column per
+    ``metrics`` (a Series: one figure per metric, keyed and ordered as :func:`farmkit.report.metrics_table`
+    lists them; ``figures`` is the same as a dict), ``equity``/``drawdown`` (Series), ``positions`` (DataFrame, one column per
     symbol), ``trades`` and ``orders`` (DataFrames), ``fmel`` (the records, loaded on first use),
     ``plot()``, ``to_html(path)``, ``explain(bar)``.
     """
@@ -41,7 +42,7 @@ class BacktestResult:
     positions: pd.DataFrame
     trades: pd.DataFrame
     orders: pd.DataFrame
-    metrics: dict
+    figures: dict
     store: object = field(repr=False)
     strategy_class: type | None = field(default=None, repr=False)
     broker: object = field(default=None, repr=False)     # the BrokerConfig it ran with
@@ -65,7 +66,7 @@ class BacktestResult:
         summary = _metrics.summary(equity, trades, exposure=exposure, traded_value=traded_value)
         return cls(run_id=run_id, agent_id=agent_id, strategy=strategy.__name__, params=dict(params),
                    prices=bars, equity=equity, drawdown=drawdown, positions=positions, trades=trades,
-                   orders=orders, metrics=summary, store=store, strategy_class=strategy, broker=broker)
+                   orders=orders, figures=summary, store=store, strategy_class=strategy, broker=broker)
 
     @staticmethod
     def _positions(recorder, index) -> pd.DataFrame:
@@ -105,6 +106,17 @@ class BacktestResult:
 
     # -- views -----------------------------------------------------------------------------------
     @property
+    def metrics(self) -> pd.Series:
+        """The figures as a Series, ``res.metrics["sharpe"]``; the index holds the keys the table
+        (``res.summary()``) is indexed by, in its order."""
+        from farmkit import report
+        figures = {key: self.figures[key] for key in report.metric_keys(self.figures)}
+        try:
+            return pd.Series(figures, name="metrics", dtype="float64")
+        except (TypeError, ValueError):   # a paper run's counters (a dict) among the figures
+            return pd.Series(figures, name="metrics", dtype=object)
+
+    @property
     def final_value(self) -> float:
         return float(self.equity.iloc[-1]) if len(self.equity) else float("nan")
 
@@ -134,10 +146,10 @@ class BacktestResult:
 
     def summary(self) -> pd.DataFrame:
         from farmkit import report
-        return report.metrics_table(self.metrics)
+        return report.metrics_table(self.figures)
 
     def __repr__(self) -> str:
-        m = self.metrics
+        m = self.figures
         return (f"BacktestResult({self.strategy} run={self.run_id} final_value={self.final_value:,.2f} "
                 f"return={m.get('total_return', float('nan')):.2%} sharpe={m.get('sharpe', float('nan')):.2f} "
                 f"max_dd={m.get('max_drawdown', float('nan')):.2%} trades={m.get('trades', 0)})")

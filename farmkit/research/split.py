@@ -404,7 +404,7 @@ def finish_out_of_sample(result, window: Window, asked: dict, store, settings) -
 
     figures = {**oos_curve(result, window.oos_start).metrics(), "warmup_bars": int(asked.get("warmup_bars") or 0)}
     store.runs.upsert(result.run_id, metrics=figures)
-    result.metrics.clear()
-    result.metrics.update(figures)
+    result.figures.clear()
+    result.figures.update(figures)
     leaderboard.publish(settings, store.runs.get(result.run_id))   # logged on failure; replaces the first figures
     return figures

@@ -14,7 +14,7 @@ from farmkit import metrics
 EXPECTED_KEYS = {
     "total_return", "cagr", "volatility", "sharpe", "sortino", "max_drawdown",
     "max_drawdown_duration_days", "max_drawdown_bars", "calmar", "trades", "win_rate",
-    "profit_factor", "exposure", "turnover", "final_value", "start_value",
+    "profit_factor", "exposure", "turnover", "final_value", "start_value", "days",
 }
 
 

@@ -271,7 +271,7 @@ def board_of(mode: str | None) -> str:
 
 def score(metrics: dict | None, metric: str) -> float | None:
     """The rankable value of ``metric``, or None: NaN, None and infinities are not ranked."""
-    value = (metrics or {}).get(metric)
+    value = ({} if metrics is None else metrics).get(metric)
     try:
         value = float(value)
     except (TypeError, ValueError):

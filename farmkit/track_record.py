@@ -66,7 +66,7 @@ def standing(metrics: dict | None) -> str | None:
     0, ``days >= min_track_record_days``. A Sharpe at or below 0 has an infinite minimum track
     record; it needs only the ``MIN_DAYS``, so a losing strategy with a long record ranks, low.
     """
-    metrics = metrics or {}
+    metrics = {} if metrics is None else metrics     # a dict, or res.metrics (a Series)
     days = _float(metrics.get("days"))
     if math.isnan(days):
         return "no track record measured (a run from before boards needed one): run it again"

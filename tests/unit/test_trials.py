@@ -182,3 +182,13 @@ def test_a_run_ranks_with_the_track_record_its_deflated_sharpe_needs():
     losing = track_record(equity_from_daily_returns(-strong[:12]))
     assert losing["min_track_record_days"] == math.inf and standing(losing) is None
     assert standing({"sharpe": 3.0, "dsr": 0.9}).startswith("no track record measured")
+
+
+def test_standing_and_score_take_a_results_metrics_series():
+    """``res.metrics`` is a Series: the board's rules read it as they read the registry's dict."""
+    from farmkit.leaderboard import score
+    from farmkit.track_record import standing, track_record
+    young = track_record(equity_from_daily_returns(np.random.default_rng(5).normal(0.003, 0.01, size=12)))
+    series = pd.Series({**young, "messages": {"routed": 3}}, dtype=object)
+    assert standing(series) == standing(young)
+    assert score(series, "dsr") == pytest.approx(young["dsr"]) and score(series, "absent") is None

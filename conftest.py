@@ -15,6 +15,7 @@ import pytest
 _HOME = tempfile.mkdtemp(prefix="farm-test-home-")
 os.environ["FARM_HOME"] = _HOME
 os.environ.setdefault("FARM_PROGRESS", "off")
+os.environ.setdefault("FARM_FIGURE_IMAGES", "off")   # no Chromium per kernel; tests/integration/test_shared_images.py turns it on
 _MARK, _SESSION = "THEFARM_TEST_SESSION", uuid.uuid4().hex
 os.environ[_MARK] = _SESSION
 _GRACE = 20.0   # seconds the suite's processes get to end after it: embedded Redis keepers need ~4

@@ -7,7 +7,7 @@
 """
 
 from farmkit.version import __version__  # noqa: F401 - fk.__version__
-from farmkit import data, fmel, leaderboard
+from farmkit import data, figures, fmel, leaderboard
 from farmkit.data.bars import Bars
 from farmkit.errors import DataError, FarmError, ParameterError, StrategyError
 from farmkit.live.session import paper
@@ -21,6 +21,10 @@ from farmkit.settings import Settings
 from farmkit.strategy import Strategy
 
 runs = fmel.runs
+
+# In a Jupyter kernel, each plotly figure a cell displays also carries a PNG, so a shared notebook
+# shows its charts (FARM_FIGURE_IMAGES; see farmkit.figures). Elsewhere this does nothing.
+figures.install()
 
 __all__ = [
     "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Parity", "Settings",

@@ -19,6 +19,9 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     "FARM_BROKER": ("broker", "sim://"),
     "FARM_RUN_ID": ("run_id", None),        # set by `farm backtest` so a notebook's run gets a known id
     "FARM_PROGRESS": ("progress", "auto"),  # auto | on | off
+    # A static PNG beside each plotly figure a kernel displays, so that a shared notebook (nbconvert's
+    # HTML, GitHub, nbviewer) shows its charts: auto (when kaleido finds a Chromium) | on | off.
+    "FARM_FIGURE_IMAGES": ("figure_images", "auto"),
     # Paper pods (the runner sets these in the kernel's environment): fk.backtest then paper-trades.
     "FARM_MODE": ("mode", "backtest"),      # backtest | paper
     "FARM_AGENT_ID": ("agent_id", None),    # default: the strategy's class name
@@ -81,6 +84,7 @@ class Settings:
     replay: str | None = None
     replay_speed: float = 60.0
     runner_image: str | None = None
+    figure_images: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -98,6 +102,8 @@ class Settings:
         values["store"] = values["store"] or f"local://{home}"
         if values["progress"] not in ("auto", "on", "off"):
             raise ConfigError(f"FARM_PROGRESS must be auto, on or off, got {values['progress']!r}")
+        if values["figure_images"] not in ("auto", "on", "off"):
+            raise ConfigError(f"FARM_FIGURE_IMAGES must be auto, on or off, got {values['figure_images']!r}")
         if values["warmup"] not in ("notebook", "alpaca", "archive"):
             raise ConfigError(f"FARM_WARMUP must be notebook, alpaca or archive, got {values['warmup']!r}")
         values["backfill"] = values["backfill"] or (values["warmup"] if values["warmup"] != "notebook" else "off")

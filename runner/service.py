@@ -63,7 +63,8 @@ class Runner:
         env = {"FARM_MODE": "paper", "FARM_AGENT_ID": self.agent_id, "FARM_SUBSCRIPTION": self.subscription,
                "FARM_STATE_DIR": str(self.state_dir), "FARM_HOME": str(self.settings.home),
                "FARM_STORE": self.settings.store, "FARM_BUS": self.settings.bus, "FARM_BROKER": self.settings.broker,
-               "FARM_PROGRESS": "off", "FARM_WARMUP": self.settings.warmup}
+               "FARM_PROGRESS": "off", "FARM_WARMUP": self.settings.warmup,
+               "FARM_FIGURE_IMAGES": "off"}   # a paper run's notebook is not shared: no Chromium in the pod
         warmup = self.settings.warmup_bars if self.settings.warmup_bars is not None else self.manifest.get("warmup_bars")
         if warmup:
             env["FARM_WARMUP_BARS"] = str(int(warmup))

@@ -22,6 +22,7 @@ def farm_home(tmp_path, monkeypatch):
     home = tmp_path / "farm"
     monkeypatch.setenv("FARM_HOME", str(home))
     monkeypatch.setenv("FARM_PROGRESS", "off")
+    monkeypatch.setenv("FARM_FIGURE_IMAGES", "off")
     # The leaderboard has its own tests against a real redis-server; elsewhere it stays out of the way.
     monkeypatch.setenv("FARM_REDIS", "off")
     return fk.Settings.from_env()

@@ -64,8 +64,9 @@ def sandbox_environment(environ: Mapping[str, str], home: str | Path, *, keep=()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH") or os.defpath])
     home = str(home)
     # (Two malloc arenas: with one per thread, an address-space limit would count reservations, not use.)
+    # A check's notebook is read, not shared: no Chromium for its figures' images (farmkit.figures).
     env.update(HOME=home, TMPDIR=os.path.join(home, "tmp"), FARM_HOME=os.path.join(home, "farm"),
-               FARM_REDIS="off", FARM_PROGRESS="off", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
+               FARM_REDIS="off", FARM_PROGRESS="off", FARM_FIGURE_IMAGES="off", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
                MPLBACKEND="Agg", MALLOC_ARENA_MAX="2")
     return env
 

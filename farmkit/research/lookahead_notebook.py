@@ -195,7 +195,8 @@ def check_notebook(path, params: dict | None = None, *, cuts: int = 3, recursive
     own = kernel is None
     if own:
         env = {k: v for k, v in os.environ.items() if k != "FARM_RUN_ID"}
-        env.update(FARM_HOME=str(settings.home), FARM_STORE=settings.store, FARM_PROGRESS="off")
+        env.update(FARM_HOME=str(settings.home), FARM_STORE=settings.store, FARM_PROGRESS="off",
+                   FARM_FIGURE_IMAGES="off")   # the probes' notebooks are checked, not shared
         kernel = notebooks._Kernel(path.parent, env)
     run = _Runner(kernel, path, params, store)
     try:

@@ -196,10 +196,13 @@ def run(path: str | Path, params: dict | None = None, *, settings: Settings | No
     # The kernel's backtests write their progress to the run's folder (their own output would land
     # in the executed notebook); this process shows it under the cell bar.
     shown = settings.progress if progress else "off"
+    # A sweep's trial notebooks are kept, not shared: no static images of their figures (farmkit.figures).
+    images = "off" if sweep_id else settings.figure_images
     try:
         # The kernel's backtests belong to whoever this run belongs to (FARM_OWNER; unset: nobody's).
         with _environment(FARM_RUN_ID=run_id, FARM_HOME=settings.home, FARM_STORE=settings.store,
-                          FARM_PROGRESS=shown, FARM_OWNER=settings.owner, FARM_AGENT_UID=settings.agent_uid), \
+                          FARM_PROGRESS=shown, FARM_FIGURE_IMAGES=images, FARM_OWNER=settings.owner,
+                          FARM_AGENT_UID=settings.agent_uid), \
                 (watch(output.parent / PROGRESS_FILE) if shown != "off" else nullcontext()):
             papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
                                        language="python", cwd=str(path.parent), progress_bar=progress, log_output=False,
@@ -519,7 +522,8 @@ def run_sweep(path: str | Path, grid: dict, *, workers: int = 1, settings: Setti
     store = open_store(settings.store)
     sweep_id = new_run_id("sw")
     env = {k: v for k, v in os.environ.items() if k != "FARM_RUN_ID"}
-    env.update(FARM_HOME=str(settings.home), FARM_STORE=settings.store, FARM_PROGRESS="off")
+    # no progress bars nor figure images (farmkit.figures) in trials: nobody watches or shares them
+    env.update(FARM_HOME=str(settings.home), FARM_STORE=settings.store, FARM_PROGRESS="off", FARM_FIGURE_IMAGES="off")
     kernels = [_Kernel(path.parent, env) for _ in range(max(1, min(workers, total)))]
     todo: queue.Queue = queue.Queue()
     done: queue.Queue = queue.Queue()

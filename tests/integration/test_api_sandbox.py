@@ -298,7 +298,7 @@ def test_the_sandbox_environment_is_an_allow_list(api, tmp_path):
                "SOME_KEY_ID": "abc", "MY_SECRET_THING": "x", "LANG": "C.UTF-8", "SESSION_VALUE": "1"}
     env = sandbox_environment(environ, tmp_path / "home", keep=("SESSION_VALUE",))
     assert set(env) <= {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "HOME", "TMPDIR", "FARM_HOME",
-                        "FARM_REDIS", "FARM_PROGRESS", "FARM_STORE", "FARM_BROKER", "PYTHONUNBUFFERED",
+                        "FARM_REDIS", "FARM_PROGRESS", "FARM_FIGURE_IMAGES", "FARM_STORE", "FARM_BROKER", "PYTHONUNBUFFERED",
                         "PYTHONDONTWRITEBYTECODE", "MPLBACKEND", "MALLOC_ARENA_MAX", "SESSION_VALUE"}
     assert env["HOME"] == str(tmp_path / "home") and env["FARM_HOME"].startswith(env["HOME"])
     assert env["TMPDIR"].startswith(env["HOME"]) and env["FARM_REDIS"] == "off" and env["SESSION_VALUE"] == "1"

@@ -48,6 +48,7 @@ def _environment(monkeypatch, home: Path) -> dict:
         monkeypatch.delenv(key)  # FARM_RUN_ID, FARM_STORE... of the calling shell must not leak in
     monkeypatch.setenv("FARM_HOME", str(home))
     monkeypatch.setenv("FARM_PROGRESS", "off")
+    monkeypatch.setenv("FARM_FIGURE_IMAGES", "off")   # a PNG of a figure titled with its run id would differ
     monkeypatch.setenv("PLOTLY_RENDERER", PLOTLY_RENDERER)
     return dict(os.environ)
 

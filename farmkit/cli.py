@@ -1,15 +1,24 @@
-"""The `farm` command."""
+"""The `farm` command: click commands over farmkit, plus the subcommands the services register.
+
+``main(argv)`` returns the exit code: 0 done, 1 a failure the command reports (one ``error:`` line),
+2 a usage error. ``farm --debug COMMAND`` (or ``FARM_DEBUG=1``) shows the traceback of a failure.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
 
+import click
 import pandas as pd
+from click.exceptions import NoArgsIsHelpError
 
+from farmkit.commandgroup import FarmGroup, argparse_commands, print_error
 from farmkit.errors import FarmError
+from farmkit.version import __version__
 
-_EPILOG = """examples:
+_EPILOG = """\b
+examples:
   farm backtest notebooks/strategies/sma_crossover.ipynb
   farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50 -p symbols AAPL,MSFT
   farm sweep notebooks/strategies/sma_crossover.ipynb --grid fast=5,10 --grid slow=30,60 --workers 2
@@ -26,159 +35,192 @@ _EPILOG = """examples:
   farm explain RUN_ID --bar 120  # why the strategy did what it did at bar 120
 
 Everything is kept under FARM_HOME (default ./.farm): FMEL, the run registry, executed notebooks
-and tearsheets (runs/RUN_ID/)."""
+and tearsheets (runs/RUN_ID/).
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="farm", description="The Farm: notebook backtests with full market "
-                                     "event logging.", epilog=_EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    bt = sub.add_parser("backtest", help="run a strategy notebook as a backtest (papermill)",
-                        description="Run a notebook whose cell tagged 'parameters' holds the defaults. "
-                        "The executed notebook and the HTML tearsheet are written to FARM_HOME/runs/RUN_ID/.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50")
-    bt.add_argument("notebook", help="path to the .ipynb")
-    bt.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="override a parameter (repeatable); values take the type of the notebook's default")
-    bt.add_argument("--no-progress", action="store_true", help="no cell progress bar")
-    bt.set_defaults(handler=_backtest)
-
-    sw = sub.add_parser("sweep", help="run a notebook over a parameter grid (one papermill run per trial)",
-                        description="Every grid point is a full backtest of the notebook, registered under one "
-                        "sweep id; the trial table is printed and saved to FARM_HOME/sweeps/SWEEP_ID/trials.csv.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n  farm sweep notebooks/strategies/sma_crossover.ipynb "
-                        "--grid fast=5,10,20 --grid slow=50,100 --workers 2\n"
-                        "  farm sweep notebooks/strategies/sma_crossover.ipynb --search tpe --trials 40 --seed 1 "
-                        "--grid fast=3..30 --grid slow=20..200 --constraint 'fast < slow' -p days=10")
-    sw.add_argument("notebook")
-    sw.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...", required=True,
-                    help="a parameter and its values (repeatable, once per name); with --search tpe also "
-                    "NAME=LO..HI, a range")
-    sw.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                    help="a parameter fixed in every trial (repeatable)")
-    sw.add_argument("--search", choices=["grid", "tpe"], default="grid",
-                    help="grid: every combination (default); tpe: Optuna's TPE picks --trials points")
-    sw.add_argument("--trials", type=int, metavar="N", help="trials of a --search tpe")
-    sw.add_argument("--seed", type=int, help="seed of a --search tpe: the same trials in the same order")
-    sw.add_argument("--constraint", action="append", default=[], metavar="EXPR",
-                    help="with --search tpe, only points where EXPR holds run, e.g. 'fast < slow' (repeatable)")
-    sw.add_argument("--split", metavar="FRACTION|DATE",
-                    help="trials run on the bars before the split (in sample); the best is run on the rest, "
-                    "and only that run goes on the leaderboard (e.g. 0.7 or 2024-01-10)")
-    sw.add_argument("--warmup-bars", type=int, default=0, metavar="N",
-                    help="with --split, bars before the out-of-sample start that warm its indicators up")
-    sw.add_argument("--workers", type=int, default=1, help="trials run at once (default 1)")
-    sw.add_argument("--no-progress", action="store_true")
-    sw.set_defaults(handler=_sweep)
-
-    la = sub.add_parser("check-lookahead", help="check a strategy notebook for look-ahead bias",
-                        description="Run the whole notebook on all its data, then again with every fk.data source\n"
-                        "cut at N timestamps, so that its cells see only the bars up to the cut. A bar whose\n"
-                        "decisions or tracked values in the notebook's first fk.backtest change when later bars\n"
-                        "are removed used the future. The report names the first such bar, the cell that most\n"
-                        "likely leaks (where the notebook's own Series and DataFrames first differ, and known\n"
-                        "patterns: negative shift, centred rolling window, whole-series statistics, reversed\n"
-                        "cumulative operations, start-labelled resample, backward fill) and the difference.\n\n"
-                        "--recursive (the default) also runs it with the first quarter of the bars dropped and\n"
-                        "reports, apart from look-ahead, values or decisions that depend on how much history\n"
-                        "came before, after a warm-up allowance of max(100, 10 x the strategy's warm-up) bars.\n\n"
-                        "The verdict goes on the notebook's run (column lookahead); a version that fails is\n"
-                        "withdrawn from the leaderboards. Exits 1 on look-ahead.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  farm check-lookahead notebooks/strategies/sma_crossover.ipynb -p days 5 --cuts 3")
-    la.add_argument("notebook")
-    la.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="override a parameter (repeatable)")
-    la.add_argument("--cuts", type=int, default=3, help="cut timestamps, each a run of the notebook (default 3)")
-    la.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
-                    help="also check whether decisions depend on the amount of warm-up data (default: yes)")
-    la.set_defaults(handler=_check_lookahead)
-
-    pr = sub.add_parser("promote", help="turn a research notebook into a verified agent under agents/",
-                        description="Copy the notebook to agents/NAME/agent.ipynb (outputs stripped) with an "
-                        "agent.yaml manifest, then run both and check that they take identical decisions.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n  farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross\n"
-                        "  farm promote --check agents/sma-cross")
-    pr.add_argument("notebook", help="the research notebook; with --check, the agent folder to re-verify")
-    pr.add_argument("--name", help="agent name: lowercase letters, digits and dashes")
-    pr.add_argument("--agents-dir", default="agents", help="where agents live (default agents/)")
-    pr.add_argument("--force", action="store_true", help="replace an existing agent of that name")
-    pr.add_argument("--image", help="runner image to pin the agent to, ideally REPO/runner@sha256:DIGEST "
-                    "(default FARM_RUNNER_IMAGE)")
-    pr.add_argument("--allow-overfit", action="store_true",
-                    help="promote even when the overfitting gate refuses (DSR below 0.95 or PBO above 0.5 "
-                    "over the strategy's trials); agent.yaml records that it was overridden")
-    pr.add_argument("--check", action="store_true",
-                    help="re-verify an existing agent against its agent.yaml (notebook, lock and installed "
-                    "packages, decisions, data fingerprint, warm-up, image); exits 1 if anything differs")
-    pr.set_defaults(handler=_promote)
-
-    pa = sub.add_parser("parity", help="replay a paper run through a backtest and compare decisions and fills",
-                        description="Rebuild the bars a paper run consumed from its FMEL, backtest the same "
-                        "strategy on them with the run's parameters and broker model, and compare decisions, "
-                        "orders, fills (size, price, commission) and positions bar by bar: identical, or the "
-                        "first divergence by field with both records side by side. Exits 1 on a divergence.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n"
-                        "  farm parity paper-20261124-101500-ab12cd --strategy strategies.py:SmaCross\n"
-                        "  farm parity paper-20261124-101500-ab12cd --strategy mypackage.strategies:SmaCross\n"
-                        "  farm parity paper-20261124-101500-ab12cd --strategy notebooks/strategies/sma_crossover.ipynb\n"
-                        "  farm parity paper-20261124-101500-ab12cd --strategy agents/sma-crossover")
-    pa.add_argument("run_id")
-    pa.add_argument("--strategy", required=True, metavar="SPEC",
-                    help="the strategy: FILE.py:CLASS, module:CLASS, NOTEBOOK.ipynb[:CLASS] or an agent folder")
-    pa.set_defaults(handler=_parity)
-
-    lb = sub.add_parser("leaderboard", help="the best agents by a metric (Redis leaderboards)",
-                        description="Agents ranked by the best run of each on a board (backtest or paper), by "
-                        "deflated Sharpe unless --metric says otherwise; under the table, the runs too short to "
-                        "rank and what each needs. The embedded Redis under FARM_HOME is used unless FARM_REDIS "
-                        "points elsewhere.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="examples:\n  farm leaderboard\n  farm leaderboard --metric sharpe --board paper -n 20"
-                        "\n  farm leaderboard --lineage SmaCross   # its family's code versions")
-    lb.add_argument("--metric", default="dsr", choices=["dsr", "sharpe", "total_return", "max_drawdown"])
-    lb.add_argument("--board", default="backtest", choices=["backtest", "paper"])
-    lb.add_argument("-n", type=int, default=10, help="how many agents (default 10)")
-    lb.add_argument("--rebuild", action="store_true", help="record every finished run of the registry again first")
-    lb.add_argument("--lineage", metavar="NAME", help="instead of the board: the code versions of a strategy family "
-                    "(a family key, an agent id or a strategy name), with their trials and best Sharpe/DSR")
-    lb.set_defaults(handler=_leaderboard)
-
-    runs = sub.add_parser("runs", help="list recent runs with their metrics")
-    runs.add_argument("-n", type=int, default=20, help="how many (default 20)")
-    runs.set_defaults(handler=_runs)
-
-    ex = sub.add_parser("explain", help="explain one bar of a run from its FMEL")
-    ex.add_argument("run_id")
-    group = ex.add_mutually_exclusive_group(required=True)
-    group.add_argument("--bar", type=int, help="bar number (0-based)")
-    group.add_argument("--at", help="timestamp (UTC unless it says otherwise)")
-    ex.set_defaults(handler=_explain)
-
-    from farmkit.api import register as register_serve
-    from farmkit.ops.deploy import register as register_deploy
-    register_deploy(sub)            # farm deploy
-    register_serve(sub)             # farm serve
-    _register_services(sub)         # farm runner, farm paper, farm ingest, farm archive
-    return parser
-
+\b
+tab completion (bash; zsh: zsh_source, fish: fish_source), in ~/.bashrc:
+  eval "$(_FARM_COMPLETE=bash_source farm)"
+"""
 
 COMMANDS = "farm.commands"   # entry-point group: a service's register(subparsers) adds its subcommands
 
 
-def _register_services(sub) -> None:
-    """The services built on farmkit (the runner, the ingester) add their own subcommands through the
-    ``farm.commands`` entry points of the installed distribution: the library never imports them."""
+def _examples(*lines: str) -> str:
+    # \b keeps click from re-wrapping the example lines into one paragraph.
+    return "\b\n" + ("example:" if len(lines) == 1 else "examples:") + "\n" + "\n".join(f"  {l}" for l in lines)
+
+
+def _parameter_pairs():
+    return click.option("-p", "--parameter", nargs=2, multiple=True, metavar="NAME VALUE",
+                        help="override a parameter (repeatable); values take the type of the notebook's default")
+
+
+@click.command(help="Run a notebook whose cell tagged 'parameters' holds the defaults. The executed notebook "
+               "and the HTML tearsheet are written to FARM_HOME/runs/RUN_ID/.",
+               short_help="run a strategy notebook as a backtest (papermill)",
+               epilog=_examples("farm backtest notebooks/strategies/sma_crossover.ipynb -p fast 5 -p slow 50"))
+@click.argument("notebook")
+@_parameter_pairs()
+@click.option("--no-progress", is_flag=True, help="no cell progress bar")
+def backtest(**params) -> int:
+    return _backtest(SimpleNamespace(**params))
+
+
+@click.command(help="Every grid point is a full backtest of the notebook, registered under one sweep id; the "
+               "trial table is printed and saved to FARM_HOME/sweeps/SWEEP_ID/trials.csv.",
+               short_help="run a notebook over a parameter grid (one papermill run per trial)",
+               epilog=_examples("farm sweep notebooks/strategies/sma_crossover.ipynb --grid fast=5,10,20 "
+                                "--grid slow=50,100 --workers 2",
+                                "farm sweep notebooks/strategies/sma_crossover.ipynb --search tpe --trials 40 "
+                                "--seed 1 --grid fast=3..30 --grid slow=20..200 --constraint 'fast < slow' "
+                                "-p days=10"))
+@click.argument("notebook")
+@click.option("--grid", multiple=True, required=True, metavar="NAME=V1,V2,...",
+              help="a parameter and its values (repeatable, once per name); with --search tpe also NAME=LO..HI, "
+              "a range")
+@click.option("-p", "--parameter", multiple=True, metavar="NAME=VALUE",
+              help="a parameter fixed in every trial (repeatable)")
+@click.option("--search", type=click.Choice(["grid", "tpe"]), default="grid", show_default=True,
+              help="grid: every combination; tpe: Optuna's TPE picks --trials points")
+@click.option("--trials", type=int, metavar="N", help="trials of a --search tpe")
+@click.option("--seed", type=int, help="seed of a --search tpe: the same trials in the same order")
+@click.option("--constraint", multiple=True, metavar="EXPR",
+              help="with --search tpe, only points where EXPR holds run, e.g. 'fast < slow' (repeatable)")
+@click.option("--split", metavar="FRACTION|DATE",
+              help="trials run on the bars before the split (in sample); the best is run on the rest, and only "
+              "that run goes on the leaderboard (e.g. 0.7 or 2024-01-10)")
+@click.option("--warmup-bars", type=int, default=0, metavar="N",
+              help="with --split, bars before the out-of-sample start that warm its indicators up")
+@click.option("--workers", type=int, default=1, show_default=True, help="trials run at once")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def sweep(**params) -> int:
+    return _sweep(SimpleNamespace(**params))
+
+
+_LOOKAHEAD_HELP = """Run the whole notebook on all its data, then again with every fk.data source cut at N
+timestamps, so that its cells see only the bars up to the cut. A bar whose decisions or tracked values in the
+notebook's first fk.backtest change when later bars are removed used the future. The report names the first
+such bar, the cell that most likely leaks (where the notebook's own Series and DataFrames first differ, and
+known patterns: negative shift, centred rolling window, whole-series statistics, reversed cumulative
+operations, start-labelled resample, backward fill) and the difference.
+
+--recursive (the default) also runs it with the first quarter of the bars dropped and reports, apart from
+look-ahead, values or decisions that depend on how much history came before, after a warm-up allowance of
+max(100, 10 x the strategy's warm-up) bars.
+
+The verdict goes on the notebook's run (column lookahead); a version that fails is withdrawn from the
+leaderboards. Exits 1 on look-ahead."""
+
+
+@click.command("check-lookahead", help=_LOOKAHEAD_HELP, short_help="check a strategy notebook for look-ahead bias",
+               epilog=_examples("farm check-lookahead notebooks/strategies/sma_crossover.ipynb -p days 5 --cuts 3"))
+@click.argument("notebook")
+@_parameter_pairs()
+@click.option("--cuts", type=int, default=3, show_default=True, help="cut timestamps, each a run of the notebook")
+@click.option("--recursive/--no-recursive", default=True, show_default=True,
+              help="also check whether decisions depend on the amount of warm-up data")
+def check_lookahead(**params) -> int:
+    return _check_lookahead(SimpleNamespace(**params))
+
+
+@click.command(help="Copy the notebook to agents/NAME/agent.ipynb (outputs stripped) with an agent.yaml manifest, "
+               "then run both and check that they take identical decisions.",
+               short_help="turn a research notebook into a verified agent under agents/",
+               epilog=_examples("farm promote notebooks/strategies/sma_crossover.ipynb --name sma-cross",
+                                "farm promote --check agents/sma-cross"))
+@click.argument("notebook")
+@click.option("--name", help="agent name: lowercase letters, digits and dashes")
+@click.option("--agents-dir", default="agents", show_default=True, help="where agents live")
+@click.option("--force", is_flag=True, help="replace an existing agent of that name")
+@click.option("--image", help="runner image to pin the agent to, ideally REPO/runner@sha256:DIGEST "
+              "(default FARM_RUNNER_IMAGE)")
+@click.option("--allow-overfit", is_flag=True,
+              help="promote even when the overfitting gate refuses (DSR below 0.95 or PBO above 0.5 over the "
+              "strategy's trials); agent.yaml records that it was overridden")
+@click.option("--check", is_flag=True,
+              help="re-verify an existing agent (NOTEBOOK is then the agent folder) against its agent.yaml "
+              "(notebook, lock and installed packages, decisions, data fingerprint, warm-up, image); exits 1 "
+              "if anything differs")
+def promote(**params) -> int:
+    return _promote(SimpleNamespace(**params))
+
+
+@click.command(help="Rebuild the bars a paper run consumed from its FMEL, backtest the same strategy on them with "
+               "the run's parameters and broker model, and compare decisions, orders, fills (size, price, "
+               "commission) and positions bar by bar: identical, or the first divergence by field with both "
+               "records side by side. Exits 1 on a divergence.",
+               short_help="replay a paper run through a backtest and compare decisions and fills",
+               epilog=_examples("farm parity paper-20261124-101500-ab12cd --strategy strategies.py:SmaCross",
+                                "farm parity paper-20261124-101500-ab12cd --strategy mypackage.strategies:SmaCross",
+                                "farm parity paper-20261124-101500-ab12cd --strategy "
+                                "notebooks/strategies/sma_crossover.ipynb",
+                                "farm parity paper-20261124-101500-ab12cd --strategy agents/sma-crossover"))
+@click.argument("run_id")
+@click.option("--strategy", required=True, metavar="SPEC",
+              help="the strategy: FILE.py:CLASS, module:CLASS, NOTEBOOK.ipynb[:CLASS] or an agent folder")
+def parity(**params) -> int:
+    return _parity(SimpleNamespace(**params))
+
+
+@click.command(help="Agents ranked by the best run of each on a board (backtest or paper), by deflated Sharpe "
+               "unless --metric says otherwise; under the table, the runs too short to rank and what each needs. "
+               "The embedded Redis under FARM_HOME is used unless FARM_REDIS points elsewhere.",
+               short_help="the best agents by a metric (Redis leaderboards)",
+               epilog=_examples("farm leaderboard", "farm leaderboard --metric sharpe --board paper -n 20",
+                                "farm leaderboard --lineage SmaCross   # its family's code versions"))
+@click.option("--metric", type=click.Choice(["dsr", "sharpe", "total_return", "max_drawdown"]), default="dsr",
+              show_default=True)
+@click.option("--board", type=click.Choice(["backtest", "paper"]), default="backtest", show_default=True)
+@click.option("-n", type=int, default=10, show_default=True, help="how many agents")
+@click.option("--rebuild", is_flag=True, help="record every finished run of the registry again first")
+@click.option("--lineage", metavar="NAME", help="instead of the board: the code versions of a strategy family "
+              "(a family key, an agent id or a strategy name), with their trials and best Sharpe/DSR")
+def leaderboard(**params) -> int:
+    return _leaderboard(SimpleNamespace(**params))
+
+
+@click.command(help="The most recent runs of the run registry, with their metrics.",
+               short_help="list recent runs with their metrics", epilog=_examples("farm runs -n 5"))
+@click.option("-n", type=int, default=20, show_default=True, help="how many")
+def runs(**params) -> int:
+    return _runs(SimpleNamespace(**params))
+
+
+@click.command(help="What the strategy saw, computed and decided at one bar of a run, from its FMEL.",
+               short_help="explain one bar of a run from its FMEL",
+               epilog=_examples("farm explain RUN_ID --bar 120"))
+@click.argument("run_id")
+@click.option("--bar", type=int, help="bar number (0-based)")
+@click.option("--at", help="timestamp (UTC unless it says otherwise)")
+def explain(**params) -> int:
+    if (params["bar"] is None) == (params["at"] is None):
+        raise click.UsageError("give one of --bar N or --at TIMESTAMP, e.g. farm explain RUN_ID --bar 120")
+    return _explain(SimpleNamespace(**params))
+
+
+def _service_registers() -> list:
+    """``register(subparsers)`` of farm deploy, farm serve and of the services built on farmkit (the runner,
+    the ingester), which come through the ``farm.commands`` entry points: the library never imports them."""
     from importlib.metadata import entry_points
 
-    for point in sorted(entry_points(group=COMMANDS), key=lambda p: p.name):
-        point.load()(sub)
+    from farmkit.api import register as register_serve
+    from farmkit.ops.deploy import register as register_deploy
+    points = sorted(entry_points(group=COMMANDS), key=lambda p: p.name)
+    return [register_deploy, register_serve, *(point.load() for point in points)]
+
+
+def command() -> click.Group:
+    """The `farm` click group, with every subcommand."""
+    group = FarmGroup("farm", help="The Farm: notebook backtests with full market event logging.", epilog=_EPILOG,
+                      context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+                      callback=lambda debug: None,
+                      params=[click.Option(["--debug"], is_flag=True,
+                                           help="show the traceback of a failure (also FARM_DEBUG=1)")])
+    group = click.version_option(__version__, "--version", prog_name="farm", message="%(prog)s %(version)s")(group)
+    for cmd in (backtest, sweep, check_lookahead, promote, parity, leaderboard, runs, explain,
+                *argparse_commands(*_service_registers())):
+        group.add_command(cmd)
+    return group
 
 
 def _metrics_lines(metrics: dict | None) -> list[str]:
@@ -302,9 +344,8 @@ def _promote(args) -> int:
         print(report)
         return 0 if report.ok else 1
     if not args.name:
-        print("farm promote: --name NAME is required (the agent's name), e.g. "
-              f"farm promote {args.notebook} --name my-agent", file=sys.stderr)
-        return 2
+        raise click.UsageError("--name NAME is required (the agent's name), e.g. "
+                               f"farm promote {args.notebook} --name my-agent")
     print(f"Promoting {args.notebook} to {args.agents_dir}/{args.name} (runs it twice to verify)...", file=sys.stderr)
     agent = promote(args.notebook, args.name, agents_dir=args.agents_dir, force=args.force, image=args.image,
                     allow_overfit=args.allow_overfit)
@@ -389,17 +430,27 @@ def _explain(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
+    """``farm ARGS``; returns the exit code (0 done, 1 the command failed, 2 a usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    group = command()
     try:
-        return args.handler(args)
-    except (FarmError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"farm {args.command}: {message}", file=sys.stderr)
-        return 1
+        code = group.main(args=argv, prog_name="farm", standalone_mode=False)
+    except NoArgsIsHelpError as exc:   # `farm` alone: the help, as a usage error
+        click.echo(exc.ctx.get_help())
+        return exc.exit_code
+    except click.UsageError as exc:
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        print_error(exc.format_message() + hint)
+        return exc.exit_code
+    except click.ClickException as exc:
+        print_error(exc.format_message())
+        return exc.exit_code
+    except click.Abort:
+        print_error("aborted")
+        return 130
+    except SystemExit as exc:       # shell completion (_FARM_COMPLETE) ends with sys.exit
+        return exc.code if isinstance(exc.code, int) else 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ _VARIABLES: dict[str, tuple[str, str | None]] = {
     # `farm paper --replay`: the paper session publishes a replayed market on its own bus.
     "FARM_REPLAY": ("replay", None),        # synthetic | path to a CSV or Parquet file of bars
     "FARM_REPLAY_SPEED": ("replay_speed", "60"),  # multiple of real time (60: a minute bar per second)
+    # `farm paper --bars N`: the paper run stops after exactly N live bars (the warm-up not counted).
+    "FARM_PAPER_BARS": ("paper_bars", None),
+    # The `farm` command prints the traceback of a failure, not only its one-line error (1 | 0).
+    "FARM_DEBUG": ("debug", None),
     # `farm promote`: the runner image an agent is pinned to, ideally by digest (REPO/runner@sha256:...).
     "FARM_RUNNER_IMAGE": ("runner_image", None),
 }
@@ -85,6 +89,8 @@ class Settings:
     replay_speed: float = 60.0
     runner_image: str | None = None
     figure_images: str = "auto"
+    paper_bars: int | None = None
+    debug: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -113,7 +119,8 @@ class Settings:
             raise ConfigError(f"FARM_MODE must be backtest or paper, got {values['mode']!r}")
         if values["state_dir"]:
             values["state_dir"] = Path(values["state_dir"]).expanduser().absolute()
-        for var, name, least in (("FARM_WARMUP_BARS", "warmup_bars", 0), ("FARM_HEALTH_PORT", "health_port", 0)):
+        for var, name, least in (("FARM_WARMUP_BARS", "warmup_bars", 0), ("FARM_HEALTH_PORT", "health_port", 0),
+                                 ("FARM_PAPER_BARS", "paper_bars", 1)):
             if values[name] is None:
                 continue
             try:

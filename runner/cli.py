@@ -38,7 +38,8 @@ def register(sub) -> None:
     pp.add_argument("--speed", type=float, default=None,
                     help="replay speed as a multiple of real time (default 60: a minute bar per second)")
     pp.add_argument("--duration", type=float, help="stop after this many seconds")
-    pp.add_argument("--bars", type=int, help="stop after this many bars")
+    pp.add_argument("--bars", type=int, metavar="N",
+                    help="stop after exactly N live bars (the warm-up bars that prime the indicators not counted)")
     pp.set_defaults(handler=_paper)
 
 
@@ -53,6 +54,8 @@ def _paper(args) -> int:
     from runner import console
     if args.speed is not None and not args.replay:
         raise FarmError("--speed is the speed of a replay: give --replay synthetic or --replay FILE too")
+    if args.bars is not None and args.bars < 1:
+        raise FarmError(f"--bars must be a whole number >= 1, got {args.bars}")
     if args.speed is not None and args.speed <= 0:
         raise FarmError(f"--speed must be > 0, got {args.speed:g}")
     return console.run(args.agent_dir, Settings.from_env(), replay=args.replay, speed=args.speed,

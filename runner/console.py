@@ -3,7 +3,8 @@
 The agent runs as the pod runs it (its notebook through papermill in paper mode, see
 :class:`runner.service.Runner`); this module adds the terminal: it follows the session's status file
 and the FMEL store, prints each decision as it is committed, and stops the session cleanly on
-Ctrl-C or SIGTERM, after ``duration`` seconds or ``bars`` bars.
+Ctrl-C or SIGTERM, after ``duration`` seconds or ``bars`` live bars (the session itself stops after
+exactly that many, the warm-up not counted).
 
 With a replay (``--replay synthetic`` or a file) the session publishes the market itself, on its
 own in-process bus: no keys, no Pub/Sub, and a fresh state directory each time.
@@ -51,13 +52,15 @@ def run(agent_dir, settings: Settings, *, replay: str | None = None, speed: floa
         duration: float | None = None, bars: int | None = None, stop: threading.Event | None = None,
         out: TextIO = sys.stdout, poll: float = 0.5) -> int:
     """Run the agent in paper mode until its notebook ends, ``stop`` is set, ``duration`` seconds
-    pass or ``bars`` bars were processed; returns the exit code (0 after a clean run)."""
+    pass or ``bars`` live bars were processed; returns the exit code (0 after a clean run)."""
     probe = Runner(agent_dir, settings)         # checks the folder first: a clear error if it is no agent
     name = probe.name
     if replay and replay != "synthetic":
         from farmkit.live.replay import load_replay
         load_replay(replay, probe.manifest.get("symbols") or [])   # a bad file fails here, not in the kernel
     settings = paper_settings(settings, name, replay=replay, speed=speed)
+    if bars is not None:
+        settings = settings.replace(paper_bars=bars)    # counted in the kernel, on the strategy's thread
     runner = Runner(agent_dir, settings)
     stop = stop or threading.Event()
     source = (f"a {replay} replay at {settings.replay_speed:g}x real time" if replay
@@ -76,8 +79,6 @@ def run(agent_dir, settings: Settings, *, replay: str | None = None, speed: floa
                 break
             _show(runner, store, follow, out)
             if deadline is not None and time.monotonic() >= deadline:
-                break
-            if bars is not None and follow.bars >= bars:
                 break
         else:
             code = 1 if runner.error else 0
@@ -136,7 +137,9 @@ def _summary(runner: Runner, store, follow: Follow, out: TextIO, code: int) -> N
     if not follow.run_id:
         print(f"the session did not start: {runner.error or 'no status written'}", file=out)
         return
-    print(f"\nrun {follow.run_id}: {status.get('bars_processed', follow.bars)} bars, {follow.decisions} decisions, "
+    live = (f" ({status['live_bars_processed']} live after {status['warmup_bars']} of warm-up)"
+            if "live_bars_processed" in status else "")
+    print(f"\nrun {follow.run_id}: {status.get('bars_processed', follow.bars)} bars{live}, {follow.decisions} decisions, "
           f"{status.get('orders', 0)} orders, FMEL committed to bar {status.get('fmel_committed', 0)}", file=out)
     run = store.runs.get(follow.run_id) or {}
     metrics = run.get("metrics") or {}

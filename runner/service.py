@@ -81,6 +81,8 @@ class Runner:
             env["FARM_REPLAY"] = str(Path(self.settings.replay).absolute()) if self.settings.replay != "synthetic" \
                 else "synthetic"
             env["FARM_REPLAY_SPEED"] = f"{self.settings.replay_speed:g}"
+        if self.settings.paper_bars is not None:     # `farm paper --bars N`: the session stops itself
+            env["FARM_PAPER_BARS"] = str(self.settings.paper_bars)
         return env
 
     # -- running -----------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ class Runner:
         checkpoint.clear_stop(self.state_dir)
         # Papermill's kernel inherits this process's environment; FARM_RUN_ID belongs to `farm backtest`.
         for name in ("FARM_RUN_ID", "FARM_REPLAY", "FARM_REPLAY_SPEED", "FARM_WARMUP_BARS", "FARM_DRIFT_BASELINE",
-                     "FARM_OWNER", "FARM_AGENT_UID"):
+                     "FARM_OWNER", "FARM_AGENT_UID", "FARM_PAPER_BARS"):
             os.environ.pop(name, None)
         os.environ.update(self.kernel_environment())
         self._thread = threading.Thread(target=self._execute, name="papermill", daemon=True)

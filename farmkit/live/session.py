@@ -72,6 +72,7 @@ class PaperSession:
         self.replay = None                       # a farmkit.live.replay.Replay publishing on the run's bus
         self.staleness: Staleness | None = None  # per-symbol bar ages, and the decisions taken on stale bars
         self.drift: DriftMonitor | None = None   # the drift alarms against the backtest baseline
+        self.warmup_bars = 0                     # bars of history this process steps through before live ones
 
     @property
     def last_bar_timestamp(self) -> str | None:
@@ -97,6 +98,7 @@ class PaperSession:
             "bars_backfilled": int(self.router.backfilled),
             "messages": dict(self.router.counts),
             "bars_processed": recorder.bars, "next_bar_number": recorder.first_bar + recorder.bars,
+            "warmup_bars": self.warmup_bars, "live_bars_processed": max(0, recorder.bars - self.warmup_bars),
             "fmel_committed": self.committed,
             "fmel_backlog": recorder.first_bar + recorder.bars - self.committed,
             "fmel_spilled_batches": self.writer.pending, "fmel_sink_failures": self.writer.failures,
@@ -202,7 +204,7 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
           broker_url: str | None = None, on_start=None, state_dir=None, resume: Checkpoint | None = None,
           tail_bars: int = 500, status_every: float = 1.0, replay: str | None = None,
           replay_speed: float | None = None, stale_after: float | None = None, calendars=None,
-          drift_baseline=None, **kwargs):
+          drift_baseline=None, live_bars: int | None = None, **kwargs):
     """Paper-trade a strategy on live bars from the bus until stopped; returns a ``BacktestResult``
     of the session (mode ``paper``).
 
@@ -214,8 +216,9 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     ``timeframe`` is backtrader's ``(timeframe, compression)`` of the bars; by default the bar size
     of ``history``, or 1-minute bars without history.
     ``broker_url`` (default ``FARM_BROKER``) is ``sim://`` (fills as in the backtest) or ``alpaca-paper://``.
-    The run ends after ``max_bars`` bars of the strategy, after ``duration`` seconds, when the bus
-    feed ends, or when ``session.stop()`` is called (``on_start(session)`` receives the session).
+    The run ends after ``max_bars`` bars of the strategy (warm-up included, checked from another
+    thread), after exactly ``live_bars`` bars past the warm-up (default ``FARM_PAPER_BARS``; counted on the
+    strategy's thread, so not one more is processed), after ``duration`` seconds, when the bus feed ends, or when ``session.stop()`` is called (``on_start(session)`` receives the session).
     ``state_dir`` keeps checkpoints, the inbox journal and the status file; a checkpoint found there
     (or passed as ``resume``) is resumed. ``tail_bars`` bars per symbol go into each checkpoint.
     ``replay`` (default ``FARM_REPLAY``: ``"synthetic"`` or a file of bars) publishes a replayed market
@@ -239,7 +242,8 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
              "history": history is not None, "agent_id": agent_id, "settings": settings, "store": store,
              "max_bars": max_bars is not None, "duration": duration is not None, "state_dir": state_dir,
              "resume": resume is not None, "replay": replay, "replay_speed": replay_speed,
-             "stale_after": stale_after is not None, "calendars": calendars, "drift_baseline": drift_baseline}
+             "stale_after": stale_after is not None, "calendars": calendars, "drift_baseline": drift_baseline,
+             "live_bars": live_bars is not None}
     params = check_params(strategy, merge_params(strategy, params, kwargs, {k: bool(v) for k, v in given.items()}))
     if broker is None:
         broker = BrokerConfig(cash=100_000.0 if cash is None else cash, commission=commission or 0.0)
@@ -298,6 +302,11 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
     journaled = {s: _Journaled(f, inbox, session_ref, arrivals[s], staleness) for s, f in feeds.items()}
     after = {s: pd.Timestamp(t, tz="UTC") for s, t in resume.last.items()} if resume else None
     grid = {bt.TimeFrame.Seconds: 1, bt.TimeFrame.Minutes: 60}.get(timeframe[0])
+    on_decided = partial(ack_taken, acks)
+    live_bars = live_bars if live_bars is not None else settings.paper_bars
+    warmup_steps = _warmup_steps(history, symbols)
+    if live_bars is not None:
+        on_decided = _stop_after(live_bars + warmup_steps, recorder, session_ref, on_decided)
     # Holes in minute bars are filled from FARM_BACKFILL (see farmkit.live.backfill), or recorded.
     backfill = Backfill(open_source(settings.backfill, store=settings.store, home=settings.home),
                         calendars=staleness.calendars, wait=staleness.stale_after) \
@@ -312,14 +321,14 @@ def paper(strategy: type, symbols, *, bus=None, topic: str = "market-data", subs
         broker_instance.on_event = recorder.note_event
     cerebro = kernel.build(list(feeds.values()), broker_instance=broker_instance,
                            hooks=[(SessionHook, dict(_name="farm_session", recorder=recorder, resume=resume,
-                                                      arrivals=arrivals, on_decided=partial(ack_taken, acks),
+                                                      arrivals=arrivals, on_decided=on_decided,
                                                       on_start=_set_hook(session_ref))),
                                   (StaleMarks, dict(_name="farm_stale", staleness=staleness, recorder=recorder,
                                                     live=lambda: not any(f._history for f in feeds.values()))),
                                   *([(DriftHook, dict(_name="farm_drift", monitor=monitor, recorder=recorder))]
                                     if monitor is not None else [])])
     session = PaperSession(run_id, feeds, router, recorder, writer=None, agent_id=agent_id, state_dir=state_dir)
-    session.staleness, session.drift = staleness, monitor
+    session.staleness, session.drift, session.warmup_bars = staleness, monitor, warmup_steps
     session_ref.append(session)
     session.cerebro = cerebro
 
@@ -461,6 +470,23 @@ class _Committer:
             _checkpoint.save(newest, self.state_dir)
             if self.inbox is not None:
                 self.inbox.compact(newest.last)
+
+
+def _warmup_steps(history: Bars, symbols) -> int:
+    # The strategy steps once per distinct timestamp of the history (all its symbols together).
+    frames = [history[s].index for s in symbols if history.get(s) is not None and len(history[s])]
+    return len(frames[0].append(frames[1:]).unique()) if frames else 0
+
+
+def _stop_after(steps: int, recorder: FmelRecorder, session_ref: list, then):
+    """``then`` for each bar, and a stop once the bar numbered ``steps - 1`` of this process is being
+    decided: the session's hook runs on the strategy's thread before the bar is recorded, and
+    cerebro stops at the end of that bar, so exactly ``steps`` bars are recorded."""
+    def decided() -> None:
+        then()
+        if recorder.bars + 1 >= steps:
+            session_ref[0].stop()
+    return decided
 
 
 def _replay_drained(session: PaperSession) -> bool:

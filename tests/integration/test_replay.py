@@ -104,6 +104,16 @@ def test_a_paper_run_on_a_file_replay_sees_every_bar_and_decides_as_a_backtest(f
     assert comparison.identical, str(comparison)
 
 
+def test_a_paper_run_stops_after_exactly_the_live_bars_asked_for(farm_home):
+    frame = fk.data.synthetic(["AAPL", "MSFT"], start="2024-02-01", days=1, seed=5)
+    history = Bars({s: f.iloc[:50] for s, f in frame.items()})
+    res = paper(TrackedCross, ["AAPL", "MSFT"], history=history, replay="synthetic", replay_speed=1e6,
+                live_bars=37, duration=120)     # at this speed a check from another thread overshoots
+    records = fk.fmel.load(res.run_id)
+    assert list(records.bar_number) == list(range(50 + 37))
+    assert records.timestamp.iloc[50] > history["AAPL"].index[-1] >= records.timestamp.iloc[49]
+
+
 def _farm(*args, env, timeout=240):
     return subprocess.run([sys.executable, "-m", "farmkit.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -144,15 +154,16 @@ def test_farm_paper_explains_what_is_wrong(cli_env, tmp_path):
     assert done.returncode != 0 and "neither 'synthetic' nor an existing file" in done.stderr
 
 
-def test_farm_paper_stops_cleanly_after_the_bars_asked_for(cli_env):
+def test_farm_paper_stops_cleanly_after_exactly_the_live_bars_asked_for(cli_env):
+    # --bars counts live bars: the manifest's 30 warm-up bars come first and are not among them, and the
+    # session stops itself on the 120th, however fast the replay goes.
     done = _farm("paper", "agents/sma-crossover", "--replay", "synthetic", "--speed", "3000", "--bars", "120",
                  env=cli_env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "stopping: flushing FMEL and saving the checkpoint" in done.stdout
+    assert "did not end cleanly" not in done.stdout
     summary = next(line for line in done.stdout.splitlines() if line.startswith("run "))
-    bars = int(summary.split(": ")[1].split()[0])
-    assert bars >= 120
+    assert ": 150 bars (120 live after 30 of warm-up)," in summary, summary
     run_id = summary.split()[1].rstrip(":")
     records = fk.fmel.load(run_id, store=open_store(f"local://{cli_env['FARM_HOME']}"))
-    assert list(records.bar_number) == list(range(len(records))) and len(records) == bars
+    assert list(records.bar_number) == list(range(150))
     assert np.isfinite(records.timestamp.astype("int64")).all()

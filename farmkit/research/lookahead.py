@@ -83,7 +83,8 @@ def check_lookahead(strategy, data=None, *, cuts: int | None = None, cash: float
     full = done_full.fmel
     clock = _clock(bars)
     found, counts, run_ids = [], [], []
-    for n in _cut_points(bars, clock, cuts):
+    warmup = (store.runs.get(done_full.run_id) or {}).get("warmup_bars")
+    for n in _cut_points(bars, clock, cuts, 0 if warmup is None or warmup != warmup else int(warmup)):
         last = clock[n - 1]
         part = Bars({s: f.iloc[: f.index.searchsorted(last, side="right")] for s, f in bars.items()})
         try:

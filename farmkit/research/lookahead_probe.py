@@ -52,8 +52,9 @@ def show() -> None:
     namespace = get_ipython().user_ns
     runs = [v.run_id for v in list(namespace.values()) if isinstance(v, BacktestResult)]
     clock = _clock()
+    cuts = _cut_stamps(clock, _state.get("cuts", 0), _warmup(runs))
     display({MIME: {"cells": _state.get("cells", []), "backtests": runs,
-                    "cuts": [t.isoformat() for t in _cut_stamps(clock, _state.get("cuts", 0))],
+                    "cuts": [t.isoformat() for t in cuts],
                     "starts": [t.isoformat() for t in _start_stamps(clock, _state.get("starts", 0))]}}, raw=True)
 
 
@@ -127,12 +128,23 @@ def _clock() -> pd.DatetimeIndex | None:
     return clock
 
 
-def _cut_stamps(clock, cuts: int) -> list[pd.Timestamp]:
+def _warmup(run_ids: list[str]) -> int:
+    """The longest warm-up (bars before the first next()) of this run's backtests."""
+    from farmkit.fmel.stores import open_store
+    from farmkit.settings import Settings
+    if not run_ids:
+        return 0
+    store = open_store(Settings.from_env().store)
+    found = [(store.runs.get(run_id) or {}).get("warmup_bars") for run_id in run_ids]
+    return max((int(w) for w in found if w is not None and not pd.isna(w)), default=0)
+
+
+def _cut_stamps(clock, cuts: int, warmup: int = 0) -> list[pd.Timestamp]:
     from farmkit.research.lookahead_report import _cut_points
     if clock is None or not cuts or not len(clock):
         return []
     frames = {i: pd.DataFrame(index=index) for i, index in enumerate(window.seen()) if len(index)}
-    return [clock[n - 1] for n in _cut_points(frames, clock, cuts)]
+    return [clock[n - 1] for n in _cut_points(frames, clock, cuts, warmup)]
 
 
 def _start_stamps(clock, starts: int) -> list[pd.Timestamp]:

@@ -97,9 +97,11 @@ def _clock(bars: Bars) -> pd.DatetimeIndex:
     return index
 
 
-def _cut_points(bars: Bars, clock: pd.DatetimeIndex, cuts: int) -> list[int]:
-    # Every symbol needs at least one bar in a truncated run, or the run has no feed to start from.
-    earliest = max(clock.searchsorted(f.index[0]) + 1 for f in bars.values())
+def _cut_points(bars: Bars, clock: pd.DatetimeIndex, cuts: int, warmup: int = 0) -> list[int]:
+    # Every symbol needs at least one bar in a truncated run, or the run has no feed to start from,
+    # and the strategy's warm-up and one bar more, or the truncated run never calls next(): a run
+    # that fails for want of bars tells nothing about look-ahead.
+    earliest = max(clock.searchsorted(f.index[0]) + 1 + warmup for f in bars.values())
     points = np.linspace(0.2, 0.95, max(cuts, 1)) * len(clock)
     return sorted({int(p) for p in points if earliest <= int(p) < len(clock)})
 

@@ -192,3 +192,22 @@ marks = marks.ffill()
 """
     assert leak_patterns(clean) == []
     assert leak_patterns("this is not python (") == []
+
+
+def test_cuts_leave_the_warm_up_and_one_bar_so_a_long_warm_up_is_no_look_ahead(farm_home):
+    class LongWarmup(fk.Strategy):
+        params = dict(period=300)
+
+        def __init__(self):
+            self.sma = bt.ind.SMA(period=self.p.period)
+
+        def next(self):
+            if self.data.close[0] > self.sma[0] and not self.position:
+                self.buy(size=1, reason="above its average")
+            elif self.data.close[0] < self.sma[0] and self.position:
+                self.close(reason="below its average")
+
+    # Two days of minute bars (780): cuts at 20% of them (156 bars) would leave no bar for next().
+    report = fk.check_lookahead(LongWarmup, fk.data.synthetic("AAPL", days=2, seed=5), cuts=5)
+    assert report.ok, report
+    assert report.cuts and min(report.cuts) >= 301

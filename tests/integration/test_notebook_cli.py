@@ -16,7 +16,7 @@ SMA = ROOT / "notebooks" / "strategies" / "sma_crossover.ipynb"
 
 def test_parameters_cell_is_read():
     defaults = notebooks.parameters(SMA)
-    assert defaults["fast"] == 10 and defaults["symbols"] == ["AAPL", "MSFT"]
+    assert defaults["fast"] == 60 and defaults["symbols"] == ["AAPL", "MSFT"]
 
 
 def test_command_line_values_take_the_default_type():

@@ -64,12 +64,12 @@ def test_promoting_the_sma_notebook_writes_a_verified_agent(farm_home, tmp_path)
     assert manifest["name"] == "sma-cross" and manifest["strategy"] == "SmaCross"
     params = {p["name"]: (p["type"], p["default"]) for p in manifest["parameters"]}
     assert params == {"symbols": ("list[str]", ["AAPL", "MSFT"]), "start": ("str", "2024-01-02"),
-                      "days": ("int", 20), "fast": ("int", 10), "slow": ("int", 30), "size": ("int", 100),
+                      "days": ("int", 60), "fast": ("int", 60), "slow": ("int", 240), "size": ("int", 100),
                       "cash": ("float", 100_000.0), "commission": ("float", 0.0005), "seed": ("int", 7)}
     assert [p["name"] for p in manifest["parameters"]][:3] == ["symbols", "start", "days"]  # cell order
     assert manifest["symbols"] == ["AAPL", "MSFT"] and manifest["bar_size"] == "1min"
-    # SMA(30) is ready on bar 30; the crossover compares it with the bar before, so next() starts on 31.
-    assert manifest["warmup_bars"] == 30
+    # SMA(240) is ready on bar 240; the crossover compares it with the bar before, so next() starts on 241.
+    assert manifest["warmup_bars"] == 240
     assert manifest["notebook"] == "agent.ipynb"
     assert manifest["notebook_sha256"] == hashlib.sha256((agent.path / "agent.ipynb").read_bytes()).hexdigest()
     assert manifest["farmkit_version"] == fk.__version__
@@ -78,7 +78,7 @@ def test_promoting_the_sma_notebook_writes_a_verified_agent(farm_home, tmp_path)
 
     verification = manifest["verification"]
     assert len(verification["decisions_sha256"]) == 64
-    assert verification["bars"] == 20 * 390
+    assert verification["bars"] == 60 * 390
     runs = fk.runs().set_index("run_id")
     source_id, agent_id = verification["run_ids"]["source"], verification["run_ids"]["agent"]
     assert runs.loc[source_id, "status"] == runs.loc[agent_id, "status"] == "done"
@@ -90,7 +90,7 @@ def test_promoting_the_sma_notebook_writes_a_verified_agent(farm_home, tmp_path)
     code = [c for c in promoted.cells if c.cell_type == "code"]
     assert all(c.outputs == [] and c.execution_count is None for c in code)
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1 and "slow = 30" in tagged[0].source
+    assert len(tagged) == 1 and "slow = 240" in tagged[0].source
     assert "papermill" not in promoted.metadata
 
 

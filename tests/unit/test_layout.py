@@ -20,7 +20,7 @@ WINGS = {
     "stores": set(),           # fmel/: FMEL, the run registry and their stores
     "base": set(),
 }
-KERNEL = {"kernel", "feeds", "strategy", "result", "metrics", "report", "leaderboard", "track_record", "embedded_redis", "redis_keeper", "secret_manager", "brokers"}
+KERNEL = {"kernel", "feeds", "strategy", "result", "metrics", "report", "figures", "leaderboard", "track_record", "embedded_redis", "redis_keeper", "secret_manager", "brokers"}
 BASE = {"model", "settings", "errors", "health", "version", "redact"}
 
 
@@ -36,6 +36,8 @@ def _wing(module: str) -> str:
         return "face"
     if top in ("research", "live", "ops", "api", "cli"):
         return top
+    if top == "commandgroup":    # the farm command's click group
+        return "cli"
     if top in ("data", "bus"):
         return "inputs"
     if top == "fmel":

@@ -34,6 +34,7 @@ _STATIC = {"png", "jpeg", "jpg", "svg", "pdf", "webp"}
 _START_TIMEOUT = 60.0     # seconds for Chromium to start and load plotly.js
 _RENDER_TIMEOUT = 90.0    # seconds for one image
 _SCALE = 1                # device pixels per layout pixel: enough to read a shared chart, small in the .ipynb
+_MIN_WIDTH = 1000         # pixels, when the figure sets no width
 
 
 class FigureImageError(FarmError, RuntimeError):
@@ -102,7 +103,8 @@ def _size(fig_dict: dict) -> tuple[int, int]:
 
     layout = fig_dict.get("layout", {})
     template = layout.get("template", {}).get("layout", {})
-    return (int(layout.get("width") or template.get("width") or pio.defaults.default_width),
+    # wide enough to read a stacked tearsheet's title and ticks (plotly's default is 700 px)
+    return (int(layout.get("width") or template.get("width") or max(pio.defaults.default_width, _MIN_WIDTH)),
             int(layout.get("height") or template.get("height") or pio.defaults.default_height))
 
 

@@ -203,6 +203,43 @@ def summary(equity: pd.Series, trades: pd.DataFrame | None = None, *,
     }
 
 
+def buy_and_hold(prices, index: pd.Index, start_value: float) -> pd.Series:
+    """The value of ``start_value`` split equally across the symbols and held: each symbol's share
+    buys at its first close on ``index`` and is marked at its later closes (a symbol that has not
+    started yet holds its share as cash). ``prices`` maps symbol -> bars with a ``close`` column.
+
+    >>> buy_and_hold(res.prices, res.equity.index, res.equity.iloc[0])   # the tearsheet's benchmark
+    """
+    closes = pd.DataFrame({s: f["close"] for s, f in prices.items()}).reindex(index).ffill()
+    if closes.empty or not len(index):
+        return pd.Series(start_value, index=index, dtype="float64", name="buy and hold")
+    growth = closes / closes.bfill().iloc[0]
+    return (start_value * growth.fillna(1.0).mean(axis=1)).rename("buy and hold")
+
+
+def relative(equity: pd.Series, benchmark: pd.Series) -> dict[str, float]:
+    """Alpha, beta and information ratio of ``equity`` against ``benchmark`` (a value or price
+    series), from the daily returns of both on the days they share.
+
+    ``beta`` is the slope of the strategy's daily returns on the benchmark's, ``alpha`` its
+    intercept compounded over ``TRADING_DAYS`` (empyrical's convention), ``information_ratio``
+    the mean daily return in excess of the benchmark over its deviation, annualised.
+    """
+    ours, theirs = daily_returns(equity), daily_returns(benchmark)
+    both = pd.concat([ours, theirs], axis=1, join="inner").dropna()
+    nan = {"alpha": _NAN, "beta": _NAN, "information_ratio": _NAN}
+    if len(both) < 2:
+        return nan
+    r, b = both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy()
+    var = float(np.var(b, ddof=1))
+    beta = float(np.cov(r, b, ddof=1)[0, 1] / var) if var > 0 else _NAN
+    alpha = float((1.0 + np.mean(r - beta * b)) ** TRADING_DAYS - 1.0) if beta == beta else _NAN
+    active = r - b
+    spread = float(np.std(active, ddof=1))
+    ir = float(np.mean(active) / spread * math.sqrt(TRADING_DAYS)) if spread > 0 else _NAN
+    return {"alpha": alpha, "beta": beta, "information_ratio": ir}
+
+
 # How many daily returns (or trades) a figure needs before it means much. Below these, the figure
 # is still given, with a note saying what it was computed from.
 MIN_DAYS = {"sharpe": 30, "sortino": 30, "volatility": 30, "calmar": 63, "cagr": 63,

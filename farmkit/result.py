@@ -47,6 +47,9 @@ class BacktestResult:
     strategy_class: type | None = field(default=None, repr=False)
     broker: object = field(default=None, repr=False)     # the BrokerConfig it ran with
     _fmel: pd.DataFrame | None = field(default=None, repr=False)
+    exposure: pd.Series | None = field(default=None, repr=False)      # gross exposure / equity per bar
+    indicators: pd.DataFrame | None = field(default=None, repr=False)  # the tracked lines per bar
+    indicator_symbols: dict = field(default_factory=dict, repr=False)  # tracked line -> its symbol, if known
 
     @classmethod
     def from_run(cls, *, run_id, agent_id, strategy, params, bars, recorder, store, broker) -> "BacktestResult":
@@ -64,9 +67,14 @@ class BacktestResult:
         filled = orders[orders["executed_size"].fillna(0) != 0]
         traded_value = float((filled["executed_size"].abs() * filled["executed_price"]).sum())
         summary = _metrics.summary(equity, trades, exposure=exposure, traded_value=traded_value)
+        if len(equity):   # against buy-and-hold of the traded universe, the tearsheet's default benchmark
+            summary.update(_metrics.relative(equity, _metrics.buy_and_hold(bars, index, float(equity.iloc[0]))))
+        lines, owners = recorder.tracked_lines()
+        indicators = pd.DataFrame({k: v for k, v in lines.items() if len(v) == len(index)}, index=index)
         return cls(run_id=run_id, agent_id=agent_id, strategy=strategy.__name__, params=dict(params),
                    prices=bars, equity=equity, drawdown=drawdown, positions=positions, trades=trades,
-                   orders=orders, figures=summary, store=store, strategy_class=strategy, broker=broker)
+                   orders=orders, figures=summary, store=store, strategy_class=strategy, broker=broker,
+                   exposure=exposure.rename("exposure"), indicators=indicators, indicator_symbols=owners)
 
     @staticmethod
     def _positions(recorder, index) -> pd.DataFrame:
@@ -133,16 +141,22 @@ class BacktestResult:
         from farmkit.fmel.query import explain
         return explain(self.run_id, bar=bar, timestamp=timestamp, store=self.store)
 
-    def plot(self, symbol: str | None = None):
-        """The tearsheet as a plotly figure: price with trades, equity, drawdown, position."""
+    def plot(self, symbol: str | None = None, benchmark=None):
+        """The tearsheet as a plotly figure: every symbol's price with its fills and tracked
+        indicators (a selector picks the symbol), equity against ``benchmark`` (default buy-and-hold
+        of the traded symbols), underwater curve, exposure, trade P&L and monthly returns."""
         from farmkit import report
-        return report.tearsheet(self, symbol=symbol)
+        return report.tearsheet(self, symbol=symbol, benchmark=benchmark)
 
-    def to_html(self, path: str | Path | None = None) -> Path:
-        """Write a self-contained HTML tearsheet (opens offline); default under the run's folder."""
+    def to_html(self, path: str | Path | None = None, benchmark=None) -> Path:
+        """Write the HTML tearsheet (opens offline). Given a ``path``, the page is self-contained
+        (plotly.js inline, ~5 MB); by default it goes to the run's folder, ``runs/RUN_ID/tearsheet.html``,
+        and loads the one copy of plotly.js that every run's page shares in ``runs/``."""
         from farmkit import report
-        path = Path(path) if path is not None else self.store.run_dir(self.run_id) / "tearsheet.html"
-        return report.to_html(self, path)
+        if path is not None:
+            return report.to_html(self, path, benchmark=benchmark)
+        folder = self.store.run_dir(self.run_id)
+        return report.to_html(self, folder / "tearsheet.html", plotlyjs=folder.parent, benchmark=benchmark)
 
     def summary(self) -> pd.DataFrame:
         from farmkit import report

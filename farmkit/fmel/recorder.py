@@ -467,6 +467,22 @@ class FmelRecorder:
         del source
         return out
 
+    def tracked_lines(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Every tracked line's value at each bar this recorder holds (NaN before it has one), and
+        the symbol each line was computed on, where backtrader's clock says (the tearsheet draws
+        those on that symbol's price)."""
+        if not getattr(self, "_tracked_names", None):
+            return {}, {}
+        lines, owners = {}, {}
+        for j, name in enumerate(self._tracked_names):
+            k = len(self.datas) + j
+            idx = np.frombuffer(self._lens[k], "q")[: self.bars] - 1
+            lines[name] = self._values(("t", j), self._buffers[k], idx, idx >= 0, 0, self.bars)
+            clock = getattr(self._tracked.get(name), "_clock", None)
+            if id(clock) in self._symbol_index:
+                owners[name] = self.symbols[self._symbol_index[id(clock)]]
+        return lines, owners
+
     def position_deltas(self, start: int, end: int) -> np.ndarray:
         """Executed size per bar (rows ``start``..``end``) and symbol (columns), from the fills seen."""
         deltas = np.zeros((end - start, len(self.datas)))

@@ -44,7 +44,8 @@ def test_farm_backtest_runs_the_notebook(farm_home, capfd):
     assert any("fast = 5" in c.source for c in executed.cells)  # papermill's injected parameters
     noise = [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
     assert not noise, noise  # no warnings or deprecation spam in the researcher's notebook
-    assert (run_dir / "tearsheet.html").stat().st_size > 1_000_000  # plotly.js inlined
+    assert (run_dir / "tearsheet.html").stat().st_size < 1_000_000  # plotly.js is shared, in runs/
+    assert list(run_dir.parent.glob("plotly-*.min.js"))
     assert len(fk.fmel.load(run.run_id)) == 3 * 390  # one record per minute bar
 
 

@@ -212,13 +212,27 @@ def test_the_tearsheet_draws_offline_in_chromium(tmp_path):
     assert "js-plotly-plot" in figure.root["class"].split()      # Plotly.newPlot ran on the div
     assert figure.count("svg", "main-svg") >= 1
     assert figure.count("path", "box") == 250                     # one candle per bar
-    assert figure.count("g", "trace") == 6                        # candles, buys, sells, 3 lines
+    # candles, buys, sells, equity, buy and hold, drawdown, exposure (no trades: that panel is empty)
+    assert figure.count("g", "trace") == 7
+    assert figure.count("g", "hm") == 1                           # the monthly returns heatmap
     assert figure.count("path", "point") == 6                     # one marker per completed fill
     drawn_lines = [a for t, a in figure.elements
                    if t == "path" and "js-line" in a.get("class", "").split() and len(a.get("d", "")) > 200]
-    assert len(drawn_lines) >= 3                                  # equity, drawdown, position
+    assert len(drawn_lines) >= 4                                  # equity, buy and hold, drawdown, exposure
     titles = [a.get("data-unformatted", "") for t, a in figure.elements if t == "text"]
     assert any("run-html-42" in title for title in titles)
+    assert_not_blank(png_rgb(browsed.screenshot))
+
+
+def test_a_tearsheet_on_the_shared_bundle_draws_offline_in_chromium(tmp_path):
+    runs = tmp_path / "runs"
+    page = report.to_html(fake_result(bars=250, freq="1D"), runs / "run-1" / "tearsheet.html", plotlyjs=runs)
+    browsed = browse(page, tmp_path)
+
+    assert browsed.page_requests == []                            # plotly.js came from ../, not the network
+    figure = figure_elements(browsed.dom)
+    assert "js-plotly-plot" in figure.root["class"].split()
+    assert figure.count("path", "box") == 250
     assert_not_blank(png_rgb(browsed.screenshot))
 
 

@@ -240,10 +240,15 @@ def test_tearsheet_of_a_real_run_marks_every_fill(farm_home, minute_bars):
     fig = res.plot()
     names = {trace.name: trace for trace in fig.data}
     filled = res.orders[(res.orders.status == "filled") & (res.orders.symbol == "AAPL")]
-    assert len(names["buys"].x) == (filled.side == "buy").sum() > 0
-    assert len(names["sells"].x) == (filled.side == "sell").sum() > 0
+    assert len(names["AAPL buys"].x) == (filled.side == "buy").sum() > 0
+    assert len(names["AAPL sells"].x) == (filled.side == "sell").sum() > 0
+    # the tracked SMAs are drawn on the price, as backtrader computed them
+    np.testing.assert_allclose(names["fast"].y[-1], res.indicators["fast"].iloc[-1])
+    assert res.indicator_symbols == {"fast": "AAPL", "slow": "AAPL"}
+    assert {"alpha", "beta", "information_ratio"} <= set(res.metrics.index)
     path = res.to_html()
-    assert path == farm_home.home / "runs" / res.run_id / "tearsheet.html" and path.stat().st_size > 1_000_000
+    assert path == farm_home.home / "runs" / res.run_id / "tearsheet.html" and path.stat().st_size < 1_000_000
+    assert list((farm_home.home / "runs").glob("plotly-*.min.js"))   # the bundle every run's page shares
 
 
 class Interrupted(fk.Strategy):

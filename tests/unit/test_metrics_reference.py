@@ -59,3 +59,29 @@ def test_cagr_matches_empyrical_over_the_same_span():
 def test_a_flat_curve_is_nan_here_where_empyrical_gives_nan_or_inf():
     flat = pd.Series(100.0, index=pd.bdate_range("2024-01-01", periods=30, tz="UTC"))
     assert math.isnan(metrics.sharpe(flat)) and math.isnan(empyrical.sharpe_ratio(metrics.daily_returns(flat)))
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_alpha_beta_and_information_ratio_match_empyrical(seed):
+    market = equity_curve(seed, drift=0.0003)
+    noise = equity_curve(seed + 100, drift=0.0002, vol=0.006)
+    # a strategy that is 0.8 of the market plus returns of its own
+    returns = 0.8 * metrics.daily_returns(market) + metrics.daily_returns(noise)
+    equity = pd.Series(100_000.0 * np.cumprod(1.0 + returns.to_numpy()), index=market.index)
+    equity.iloc[0] = 100_000.0
+    ours = metrics.relative(equity, market)
+    daily, factor = metrics.daily_returns(equity), metrics.daily_returns(market)
+    alpha, beta = empyrical.alpha_beta(daily, factor)
+    assert ours["beta"] == pytest.approx(beta, rel=1e-9) and 0.6 < ours["beta"] < 1.0
+    assert ours["alpha"] == pytest.approx(alpha, rel=1e-9)
+    # empyrical's excess Sharpe is the daily information ratio
+    assert ours["information_ratio"] == pytest.approx(
+        empyrical.excess_sharpe(daily, factor) * math.sqrt(metrics.TRADING_DAYS), rel=1e-9)
+
+
+def test_buy_and_hold_splits_the_start_value_across_the_symbols():
+    index = pd.date_range("2024-01-02", periods=4, freq="1D", tz="UTC")
+    prices = {"A": pd.DataFrame({"close": [10.0, 11.0, 12.0, 13.0]}, index=index),
+              "B": pd.DataFrame({"close": [50.0, 45.0]}, index=index[2:])}    # starts on day three
+    held = metrics.buy_and_hold(prices, index, 1_000.0)
+    assert list(held) == pytest.approx([1_000.0, 1_050.0, 1_100.0, 500.0 * 1.3 + 500.0 * 0.9])

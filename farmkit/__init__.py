@@ -26,8 +26,18 @@ runs = fmel.runs
 # shows its charts (FARM_FIGURE_IMAGES; see farmkit.figures). Elsewhere this does nothing.
 figures.install()
 
+def __getattr__(name):
+    # fk.report (the tearsheet and metrics table) on first use: it imports plotly, which a backtest
+    # that draws nothing does not need.
+    if name == "report":
+        import importlib
+
+        return importlib.import_module("farmkit.report")
+    raise AttributeError(f"module 'farmkit' has no attribute {name!r}")
+
+
 __all__ = [
     "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Parity", "Settings",
     "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel", "leaderboard",
-    "paper", "parity", "runs", "sweep",
+    "paper", "parity", "report", "runs", "sweep",
 ]

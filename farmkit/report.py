@@ -170,6 +170,16 @@ def _breaks(index: pd.DatetimeIndex) -> list[dict]:
             for size, starts in sorted(by_size.items())]
 
 
+def rangebreaks(index) -> list[dict]:
+    """The stretches of ``index`` (a run's bar times) with no bar at all — nights, weekends,
+    holidays — as plotly ``rangebreaks``, to cut them from a chart's time axis as the tearsheet does.
+    plotly cuts them for SVG traces only: draw with ``go.Scatter``, not ``go.Scattergl``.
+
+    >>> fig.update_xaxes(rangebreaks=fk.report.rangebreaks(res.equity.index))
+    """
+    return _breaks(_naive_utc(index))
+
+
 def _percent_format(drawdown: pd.Series) -> str:
     """A tick format with the decimals the drawdown's depth needs, so labels never repeat: -20%,
     -0.5%, -0.02%."""

@@ -42,3 +42,22 @@ def test_quickstart_then_leaderboard(tmp_path, monkeypatch):
     assert sum(f"cross-{p}" in backtests for p in ("5-20", "10-30", "20-60")) == 3, backtests
     paper = _outputs(executed, 'top["paper"]')
     assert "cross-" in paper, paper
+
+
+def test_the_fmel_explorer_chart_cuts_nights_like_the_tearsheet(tmp_path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("FARM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "farm"))
+    monkeypatch.setenv("FARM_PROGRESS", "off")
+    monkeypatch.setenv("FARM_FIGURE_IMAGES", "off")
+    monkeypatch.setenv("FARM_REDIS", "off")
+    explorer = ROOT / "notebooks" / "analysis" / "fmel_explorer.ipynb"
+    executed = tmp_path / "explorer.ipynb"
+    papermill.execute_notebook(str(explorer), str(executed), kernel_name="python3", language="python",
+                               cwd=str(explorer.parent), progress_bar=False)   # its demo: 3 days of minute bars
+    nb = nbformat.read(executed, as_version=4)
+    (figure,) = [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells if c.cell_type == "code"
+                 for o in c.outputs if "application/vnd.plotly.v1+json" in o.get("data", {})][:1]
+    axes = [v for k, v in figure["layout"].items() if k.startswith("xaxis")]
+    assert axes and all(len(a.get("rangebreaks", [])) == 1 for a in axes), axes   # two nights, one size
+    assert {t["type"] for t in figure["data"]} == {"scatter"}                      # SVG: WebGL ignores cuts

@@ -311,3 +311,15 @@ def test_drawdown_ticks_have_the_decimals_its_depth_needs(deepest, fmt):
     result = fake_result(bars=100)
     result.drawdown = pd.Series(np.linspace(0, deepest, 100), index=result.equity.index)
     assert report.tearsheet(result).layout.yaxis3.tickformat == fmt
+
+
+def test_fk_report_is_there_on_first_use_and_cuts_what_the_tearsheet_cuts():
+    import farmkit as fk
+
+    bars = fk.data.synthetic("AAPL", days=5, seed=2)["AAPL"]
+    result = fake_result(bars=len(bars), freq="1min")
+    result.equity.index = result.drawdown.index = result.positions.index = bars.index
+    result.prices = {"AAPL": bars}
+    assert fk.report.rangebreaks(bars.index) == [b.to_plotly_json() for b in report.tearsheet(result).layout.xaxis.rangebreaks]
+    with pytest.raises(AttributeError, match="no attribute 'reprot'"):
+        fk.reprot

@@ -115,6 +115,22 @@ def test_sweep_report_without_split_says_how_to_ask_for_one(tmp_path, monkeypatc
     assert not errors, errors
 
 
+def test_sweep_report_sets_in_sample_beside_out_of_sample_under_readable_headers(tmp_path, monkeypatch):
+    path = ROOT / "notebooks" / "analysis" / "sweep_report.ipynb"
+    _environment(monkeypatch, tmp_path / "home")
+    executed = tmp_path / path.name
+    _execute(path, executed, {"demo_if_empty": True, "demo_split": 0.7})
+    nb = nbformat.read(executed, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "oos = table[~in_sample]" in c.source)
+    pages = [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
+    (html,) = [p for p in pages if "<table" in p]
+    # a table with a header per figure over "in-sample" and "out-of-sample", not a plotly table
+    # squeezing a dozen "out-of-sample total_return" headers into one row
+    assert html.count(">in-sample</th>") == html.count(">out-of-sample</th>") >= 4 and ">sharpe</th>" in html
+    (figure,) = [p for p in pages if "plotly-graph-div" in p]     # the notebook_connected renderer's HTML
+    assert '"type":"bar"' in figure and '"header":{"values"' not in figure   # no go.Table of its own
+
+
 @pytest.mark.parametrize("text, expected", [
     ("BacktestResult(SmaCross run=bt-20261124-210040-50ee9c", "BacktestResult(SmaCross run=RUN-ID"),
     ("sweep `sweep-20261124-214523-796dc7`, trial of sw-20261124-214523-00aa11", "sweep `RUN-ID`, trial of RUN-ID"),

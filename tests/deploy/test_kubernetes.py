@@ -319,8 +319,10 @@ def test_the_archive_runs_farm_archive_on_the_ingester_image(rendered, overlay):
     assert container["image"] == ingester["containers"][0]["image"]
     assert container["command"] == ["python", "-m", "farmkit.cli", "archive"]
     assert archive["serviceAccountName"] == "farm-ingester"    # Pub/Sub subscriber, BigQuery writer
-    from farmkit.cli import _parser
-    assert _parser().parse_args(container["command"][3:]).command == "archive"
+    from farmkit.cli import command
+    group = command()
+    assert group.get_command(group.make_context("farm", ["--help"], resilient_parsing=True),
+                             container["command"][3]).name == "archive"
 
 
 # --- the sandbox of uploaded notebooks --------------------------------------------------------------------

@@ -245,20 +245,24 @@ def _backtest(args) -> int:
     if result.tearsheet:
         print(f"tearsheet:         {result.tearsheet}")
     print(f"explain a bar:     farm explain {result.run_id} --bar N")
-    _print_leaderboard()
+    _print_leaderboard(result.run_id)
     return 0
 
 
-def _print_leaderboard() -> None:
+def _print_leaderboard(run_id: str | None = None) -> None:
     from farmkit import leaderboard
     try:
         top = leaderboard.top("dsr", 5, "backtest")
+        short = leaderboard.too_short("backtest") if run_id is not None else None
     except FarmError as exc:  # the leaderboard is a view: without it the run still stands
         print(f"leaderboard:       unavailable ({exc})")
         return
     if len(top):
         print("\nleaderboard (backtest, by deflated Sharpe):")
         print(leaderboard.cli_table(top))
+    waiting = short[short.run_id == run_id] if short is not None and len(short) else None
+    if waiting is not None and len(waiting):   # on the board, not ranked yet: say what it needs
+        print(f"leaderboard:       not ranked yet, {waiting.iloc[0].needs} (farm leaderboard lists it under the board)")
 
 
 def _sweep(args) -> int:

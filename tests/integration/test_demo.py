@@ -61,3 +61,18 @@ def test_the_fmel_explorer_chart_cuts_nights_like_the_tearsheet(tmp_path, monkey
     axes = [v for k, v in figure["layout"].items() if k.startswith("xaxis")]
     assert axes and all(len(a.get("rangebreaks", [])) == 1 for a in axes), axes   # two nights, one size
     assert {t["type"] for t in figure["data"]} == {"scatter"}                      # SVG: WebGL ignores cuts
+
+
+def test_farm_backtest_says_what_its_run_needs_before_the_board_ranks_it(tmp_path, monkeypatch, capsys):
+    for key in [k for k in os.environ if k.startswith("FARM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "farm"))   # the embedded Redis: boards are on
+    monkeypatch.setenv("FARM_PROGRESS", "off")
+    monkeypatch.setenv("FARM_FIGURE_IMAGES", "off")
+    # 20 days and a Sharpe just above 0: far too short a record to rank
+    assert cli.main(["backtest", str(SMA), "-p", "days", "20", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    run = fk.runs().iloc[-1]
+    (short,) = fk.leaderboard.too_short("backtest").itertuples()
+    assert short.run_id == run.run_id
+    assert f"leaderboard:       not ranked yet, {short.needs}" in out, out

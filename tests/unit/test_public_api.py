@@ -5,8 +5,9 @@ def test_public_api_is_curated():
     assert sorted(fk.__all__) == [
         "BacktestResult", "Bars", "DataError", "FarmError", "LookaheadReport", "ParameterError", "Parity", "Settings",
         "Strategy", "StrategyError", "SweepResult", "WalkForward", "backtest", "check_lookahead", "data", "fmel", "leaderboard",
-        "paper", "parity", "runs", "sweep",
+        "paper", "parity", "report", "runs", "sweep",
     ]
+    assert fk.report.tearsheet and "farmkit.report" in __import__("sys").modules   # loaded on first use
     assert sorted(fk.data.__all__) == ["Bars", "alpaca", "load", "synthetic", "to_bars"]
 
 
